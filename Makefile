@@ -1,0 +1,44 @@
+# warpload front door. Quick start on a fresh Debian 12 machine: `make run`, `make test`.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+DEMO       ?= demo
+DEMO_SIZE  ?= 2GiB
+DEMO_SHARDS ?= 4
+JOBS       ?= $(shell nproc)
+
+.PHONY: all deps build run test test-release test-asan test-package clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Generates the demo checkpoint once, then loads it with every backend against this
+# machine's measured limits.
+run: build
+	@if [ ! -f $(DEMO)/model.safetensors.index.json ]; then \
+	  $(BUILD)/warpload gen $(DEMO) --size $(DEMO_SIZE) --shards $(DEMO_SHARDS); fi
+	$(BUILD)/warpload bench $(DEMO)
+
+test: test-release test-asan test-package
+
+test-release: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DWARPLOAD_SANITIZE=ON -DWARPLOAD_BUILD_BENCHMARKS=OFF -DWARPLOAD_BUILD_EXAMPLES=OFF
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS)
+
+# Installs into a scratch prefix and builds a consumer with find_package(warpload).
+test-package: build
+	scripts/check-package.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,136 @@
+// The Loader: many safetensors files, one plan, one load, zero-copy tensor views.
+//
+//   warpload::Loader loader;                        // default: backend "auto", host memory
+//   loader.add("/models/llama");                    // file, directory, or index.json
+//   loader.load();                                  // reads every tensor's bytes
+//   warpload::TensorView w = loader.tensor("lm_head.weight");
+//
+// What add() accepts: a .safetensors file; a directory (its model.safetensors.index.json if
+// present, else every *.safetensors in it, sorted by name); an HF index.json (the files its
+// weight_map names, which must exist and must hold exactly the tensors it maps).
+//
+// Placement: each file's data section lands in one Buffer from the allocator, so a tensor is
+// a pointer into it. Tensors are aligned to at least their element size: a tensor whose
+// offset in the file would leave it misaligned (only files not written by the reference
+// writer have those) is moved to an aligned side buffer after the read.
+//
+// Lifetime: views hold a reference to their buffer, so they stay valid after the Loader is
+// destroyed or release()d. Thread safety: add/plan/load/release are not concurrent with each
+// other; after load() returns, queries are safe from any number of threads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "warpload/dtype.hpp"
+#include "warpload/format.hpp"
+#include "warpload/memory.hpp"
+#include "warpload/storage.hpp"
+
+namespace warpload {
+
+struct LoadOptions {
+  std::string backend = "auto";        // see make_storage()
+  StorageOptions storage;              // threads, block size, queue depth, O_DIRECT
+  std::shared_ptr<Allocator> allocator;  // null = make_host_allocator()
+  // Called from a monitor thread about 10 times a second during load(), and once at the
+  // end, with bytes landed so far and the total.
+  std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
+};
+
+// A non-owning description of tensor bytes plus a reference that keeps them alive.
+// Shape and strides are in elements (strides are row-major for a whole tensor; a shard along
+// a dimension other than 0 keeps the parent's strides). For sub-byte dtypes strides are
+// only meaningful for whole tensors.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> strides;
+  std::byte* data = nullptr;  // first element
+  std::uint64_t nbytes = 0;   // bytes the view spans: numel * element size when contiguous
+  bool contiguous = true;
+  MemoryKind memory = MemoryKind::kHost;
+  std::shared_ptr<const Buffer> owner;  // keeps `data` valid
+
+  [[nodiscard]] std::uint64_t numel() const noexcept;
+};
+
+// One file of the plan.
+struct PlannedFile {
+  std::filesystem::path path;
+  Header header;
+};
+
+struct LoadStats {
+  std::uint64_t bytes = 0;  // tensor bytes loaded (data sections)
+  double seconds = 0;       // wall time of the read phase
+  std::string backend;      // resolved backend name
+  std::size_t files = 0;
+  [[nodiscard]] double gbps() const noexcept {
+    return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
+  }
+};
+
+class Loader {
+ public:
+  explicit Loader(LoadOptions options = {});
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+  Loader(Loader&&) noexcept;
+  Loader& operator=(Loader&&) noexcept;
+
+  // Adds a file, a directory or an index.json (see top of file). Headers are read and
+  // validated now. Throws NotFoundError, InvalidFileError (including kDuplicateTensor when a
+  // name is already planned from another file), IoError.
+  void add(const std::filesystem::path& path);
+  void add(std::span<const std::filesystem::path> paths);
+
+  // The plan: files in the order added, each with its validated header.
+  [[nodiscard]] const std::vector<PlannedFile>& files() const noexcept;
+  // Sum of the data sections of all planned files.
+  [[nodiscard]] std::uint64_t total_bytes() const noexcept;
+
+  // Reads every planned file into memory. Callable once. On a throw, no tensor is
+  // available (nothing partly filled is ever handed out).
+  LoadStats load();
+  [[nodiscard]] bool loaded() const noexcept;
+
+  // Tensor names across all files, in plan order (file order, then data order).
+  [[nodiscard]] std::vector<std::string> keys() const;
+  [[nodiscard]] bool contains(std::string_view name) const noexcept;
+  // Header facts; available before load(). Throw NotFoundError for an unknown name.
+  [[nodiscard]] const TensorInfo& info(std::string_view name) const;
+  [[nodiscard]] const PlannedFile& file_of(std::string_view name) const;
+  // "__metadata__" of every file merged (a key present in several files with different
+  // values keeps the first file's).
+  [[nodiscard]] std::map<std::string, std::string> metadata() const;
+
+  // A view of the whole tensor. Throws NotFoundError; UnsupportedError before load().
+  [[nodiscard]] TensorView tensor(std::string_view name) const;
+
+  // The part of a tensor rank `rank` of `world` holds when split along `dim`: blocks of
+  // ceil(size / world) elements, the last rank(s) getting fewer (possibly zero), the same
+  // rule as fastsafetensors' get_sharded. dim may be negative (counted from the end). The
+  // view is zero-copy (strided when dim != 0). Throws std::invalid_argument for a bad rank,
+  // world or dim; UnsupportedError for a sub-byte dtype whose shard is not whole bytes.
+  [[nodiscard]] TensorView shard(std::string_view name, int rank, int world, int dim = 0) const;
+
+  // Releases every buffer the loader holds (views keep theirs alive). noexcept.
+  void release() noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace warpload

@@ -1,0 +1,68 @@
+// Destination memory for loaded tensors.
+//
+// A Buffer is one owning allocation; the Loader places each file's data section in one
+// Buffer and hands out tensor views into it. Buffers are reference-counted (shared_ptr) so a
+// view may keep its buffer alive after the Loader is gone.
+//
+// An Allocator makes Buffers of one MemoryKind. Host memory is the only kind in this build;
+// device memory and pinned host staging buffers plug in as further Allocators without
+// changing the Loader (it asks a Storage whether it can write into the allocator's kind and
+// stages through host memory when it cannot).
+//
+// Thread safety: allocate() may be called from any thread; a Buffer's bytes are written by
+// the storage backend during a load and are read-only for callers afterwards.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace warpload {
+
+enum class MemoryKind : std::uint8_t {
+  kHost,        // pageable host memory
+  kPinnedHost,  // page-locked host memory (staging for device copies)
+  kDevice,      // accelerator memory
+};
+
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  [[nodiscard]] std::byte* data() const noexcept { return data_; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] MemoryKind kind() const noexcept { return kind_; }
+
+ protected:
+  Buffer(std::byte* data, std::size_t size, MemoryKind kind) noexcept
+      : data_(data), size_(size), kind_(kind) {}
+
+ private:
+  std::byte* data_;
+  std::size_t size_;
+  MemoryKind kind_;
+};
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  [[nodiscard]] virtual MemoryKind kind() const noexcept = 0;
+  // Returns a buffer of at least `size` bytes whose data() is a multiple of `alignment`
+  // (a power of two). Contents are unspecified. Throws OutOfMemoryError.
+  [[nodiscard]] virtual std::shared_ptr<Buffer> allocate(std::size_t size,
+                                                         std::size_t alignment) = 0;
+};
+
+struct HostAllocatorOptions {
+  // Back large buffers with transparent huge pages (madvise MADV_HUGEPAGE): one page fault
+  // per 2 MiB instead of per 4 KiB, which is most of the cost of reading into fresh memory.
+  bool huge_pages = true;
+};
+
+// Anonymous-mmap host memory, released with munmap when the last reference goes.
+[[nodiscard]] std::shared_ptr<Allocator> make_host_allocator(HostAllocatorOptions options = {});
+
+}  // namespace warpload

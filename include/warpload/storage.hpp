@@ -1,0 +1,140 @@
+// Storage backends: how bytes get from a file into destination memory.
+//
+// One interface, many backends, created by name:
+//   "posix"  thread pool of chunked pread()s straight into the destination
+//   "uring"  io_uring, many reads in flight per thread, registered files
+//   "mmap"   map the file and memcpy out of it (what the reference safetensors does; baseline)
+//   "auto"   per file: buffered when the file is already in the page cache, uring + O_DIRECT
+//            when it is cold and large
+// StorageOptions::direct opens files with O_DIRECT (posix, uring): every read then has the
+// file's alignment() for its offset, length and destination; callers read the aligned
+// superset of what they need and place tensors inside it.
+//
+// Test doubles (fault injection, tracing) are decorators built on StorageWrapper.
+//
+// Ownership: a Storage owns its worker threads and rings. A StorageFile owns its descriptor
+// (and mapping); it must outlive every read that names it. Thread safety: open() and read()
+// may be called from several threads; a single read() call is itself parallel inside.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "warpload/memory.hpp"
+
+namespace warpload {
+
+struct StorageOptions {
+  bool direct = false;           // O_DIRECT for posix and uring (auto decides for itself)
+  unsigned threads = 0;          // worker threads; 0 = backend default
+  std::uint64_t block_size = 0;  // bytes per read operation; 0 = backend default
+  unsigned queue_depth = 0;      // reads in flight per uring thread; 0 = backend default
+};
+
+// What a backend can do; the loader plans with this, never with dynamic_cast.
+struct StorageCapabilities {
+  std::string name;            // resolved backend name, e.g. "uring"
+  bool device_memory = false;  // can read straight into MemoryKind::kDevice buffers
+  bool owns_buffers = false;   // serves bytes out of memory it owns (a mapping)
+};
+
+// An open file. Backends subclass it to keep their own state (mapping, registration).
+class StorageFile {
+ public:
+  StorageFile(std::filesystem::path path, int fd, std::uint64_t size, std::size_t alignment)
+      : path_(std::move(path)), fd_(fd), size_(size), alignment_(alignment) {}
+  virtual ~StorageFile();  // closes fd() when >= 0
+  StorageFile(const StorageFile&) = delete;
+  StorageFile& operator=(const StorageFile&) = delete;
+
+  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+  [[nodiscard]] std::uint64_t size() const noexcept { return size_; }
+  // 1 for buffered files; the logical block size (e.g. 4096) for O_DIRECT ones: every read's
+  // offset, length and destination address must then be a multiple of it.
+  [[nodiscard]] std::size_t alignment() const noexcept { return alignment_; }
+  [[nodiscard]] bool direct() const noexcept { return alignment_ > 1; }
+  // The descriptor, or -1 when the file is not backed by one (a decorated file).
+  [[nodiscard]] virtual int fd() const noexcept { return fd_; }
+
+  // One positioned read, as pread(2): returns bytes read (possibly fewer than `size`, 0 at end
+  // of file) or a negative errno. No retries: callers handle short reads and EINTR/EAGAIN.
+  [[nodiscard]] virtual std::int64_t read_some(std::byte* dest, std::size_t size,
+                                               std::uint64_t offset) noexcept;
+
+ private:
+  std::filesystem::path path_;
+  int fd_;
+  std::uint64_t size_;
+  std::size_t alignment_;
+};
+
+// One range to read. Bytes [offset, offset + length) of `file` land at [dest, dest + length).
+// The part of the range past the end of the file is not read (so an O_DIRECT read may round
+// its length up to the alignment); every byte before the end of the file must arrive.
+struct ReadRequest {
+  StorageFile* file = nullptr;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::byte* dest = nullptr;
+};
+
+// Progress and cancellation shared between a read() and its observer.
+struct ReadControl {
+  std::atomic<std::uint64_t> bytes_done{0};  // bytes landed so far, updated as reads complete
+  std::atomic<bool> cancel{false};           // set from any thread to stop; read() throws
+};
+
+class Storage {
+ public:
+  virtual ~Storage() = default;
+  [[nodiscard]] virtual const StorageCapabilities& capabilities() const noexcept = 0;
+
+  // Opens `path` for reading the way this backend reads. Throws NotFoundError or IoError.
+  [[nodiscard]] virtual std::unique_ptr<StorageFile> open(const std::filesystem::path& path) = 0;
+
+  // Reads every request completely, in parallel, and returns when all bytes have landed.
+  // Short reads, EINTR and EAGAIN are retried. Throws IoError naming the file and the byte
+  // offset of the first failure, CancelledError if control->cancel was set; on a throw no
+  // read is still in flight, and the destination contents are unspecified.
+  // `control` may be null.
+  virtual void read(std::span<const ReadRequest> requests, ReadControl* control) = 0;
+};
+
+// Forwards every call to another Storage; subclass it to inject faults or trace.
+class StorageWrapper : public Storage {
+ public:
+  explicit StorageWrapper(std::unique_ptr<Storage> target) : target_(std::move(target)) {}
+  [[nodiscard]] const StorageCapabilities& capabilities() const noexcept override {
+    return target_->capabilities();
+  }
+  [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
+    return target_->open(path);
+  }
+  void read(std::span<const ReadRequest> requests, ReadControl* control) override {
+    target_->read(requests, control);
+  }
+
+ protected:
+  [[nodiscard]] Storage& target() noexcept { return *target_; }
+
+ private:
+  std::unique_ptr<Storage> target_;
+};
+
+// Creates a backend by name ("posix", "uring", "mmap", "auto").
+// Throws UnsupportedError for an unknown name or one this kernel cannot run (the message
+// lists the available ones).
+[[nodiscard]] std::unique_ptr<Storage> make_storage(std::string_view name,
+                                                    const StorageOptions& options = {});
+
+// Names of the backends usable on this machine, in the order `bench` shows them.
+[[nodiscard]] std::vector<std::string> available_storage_names();
+
+}  // namespace warpload

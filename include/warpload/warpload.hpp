@@ -1,0 +1,10 @@
+// Umbrella header: the whole public API of warpload.
+#pragma once
+
+#include "warpload/dtype.hpp"
+#include "warpload/error.hpp"
+#include "warpload/format.hpp"
+#include "warpload/loader.hpp"
+#include "warpload/memory.hpp"
+#include "warpload/storage.hpp"
+#include "warpload/version.hpp"
