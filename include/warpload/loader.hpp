@@ -41,6 +41,8 @@ struct LoadOptions {
   std::string backend = "auto";        // see make_storage()
   StorageOptions storage;              // threads, block size, queue depth, O_DIRECT
   std::shared_ptr<Allocator> allocator;  // null = make_host_allocator()
+  // A ready backend (e.g. a decorated one); when set, `backend` and `storage` are ignored.
+  std::shared_ptr<Storage> custom_storage;
   // Called from a monitor thread about 10 times a second during load(), and once at the
   // end, with bytes landed so far and the total.
   std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
@@ -90,8 +92,9 @@ class Loader {
   Loader& operator=(Loader&&) noexcept;
 
   // Adds a file, a directory or an index.json (see top of file). Headers are read and
-  // validated now. Throws NotFoundError, InvalidFileError (including kDuplicateTensor when a
-  // name is already planned from another file), IoError.
+  // validated now; a failing add() leaves the plan unchanged. Throws NotFoundError,
+  // InvalidFileError (kDuplicateTensor when a name is already planned from another file, or
+  // the same file is added twice), IoError; UnsupportedError after a successful load().
   void add(const std::filesystem::path& path);
   void add(std::span<const std::filesystem::path> paths);
 
@@ -100,8 +103,9 @@ class Loader {
   // Sum of the data sections of all planned files.
   [[nodiscard]] std::uint64_t total_bytes() const noexcept;
 
-  // Reads every planned file into memory. Callable once. On a throw, no tensor is
-  // available (nothing partly filled is ever handed out).
+  // Reads every planned file into memory. Throws UnsupportedError when already loaded
+  // (release() first). On a throw, no tensor is available (nothing partly filled is ever
+  // handed out) and load() may be called again.
   LoadStats load();
   [[nodiscard]] bool loaded() const noexcept;
 

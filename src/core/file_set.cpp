@@ -1,1 +1,153 @@
-// placeholder: being written
+#include "core/file_set.hpp"
+
+#include <simdjson.h>
+
+#include <algorithm>
+#include <set>
+#include <system_error>
+
+#include "warpload/error.hpp"
+
+namespace warpload::detail {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kIndexName = "model.safetensors.index.json";
+// An index names files and tensors; anything this large is not one.
+constexpr std::uintmax_t kMaxIndexBytes = 256u << 20;
+
+[[noreturn]] void bad_index(const fs::path& index, const std::string& what) {
+  throw InvalidFileError(FormatRule::kInvalidIndex, index.string() + ": " + what);
+}
+
+// A weight_map value must name a file in the index's directory tree: no absolute paths,
+// no "..", so an index cannot point the loader anywhere else on the machine.
+bool is_safe_relative(const fs::path& p) {
+  if (p.empty() || p.is_absolute()) return false;
+  return std::none_of(p.begin(), p.end(), [](const fs::path& part) { return part == ".."; });
+}
+
+CheckpointFiles read_index(const fs::path& index) {
+  std::error_code ec;
+  const auto size = fs::file_size(index, ec);
+  if (ec) throw NotFoundError(index.string() + ": " + ec.message());
+  if (size > kMaxIndexBytes) bad_index(index, "index file is larger than 256 MiB");
+
+  simdjson::padded_string json;
+  if (auto error = simdjson::padded_string::load(index.string()).get(json)) {
+    throw IoError(index.string() + ": cannot read index: " + simdjson::error_message(error),
+                  0, 0);
+  }
+
+  CheckpointFiles out;
+  out.index = index;
+  const fs::path dir = index.parent_path();
+  std::set<fs::path> seen_files;
+  // The DOM parser validates the whole document (trailing content included); an index is
+  // small, so building the tree costs nothing that matters.
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  if (auto error = parser.parse(json).get(root)) {
+    bad_index(index, std::string("not valid JSON: ") + simdjson::error_message(error));
+  }
+  simdjson::dom::object root_object;
+  if (root.get_object().get(root_object)) bad_index(index, "top level is not a JSON object");
+  simdjson::dom::object map;
+  bool have_map = false;
+  for (auto [key, value] : root_object) {
+    if (key != "weight_map") continue;
+    if (have_map) bad_index(index, "\"weight_map\" appears twice");
+    if (value.get_object().get(map)) bad_index(index, "\"weight_map\" is not an object");
+    have_map = true;
+  }
+  if (!have_map) bad_index(index, "no \"weight_map\" object");
+  for (auto [key, value] : map) {
+    std::string tensor(key);
+    std::string_view file_name;
+    if (value.get_string().get(file_name)) {
+      bad_index(index, "weight_map entry for tensor '" + tensor + "' is not a string");
+    }
+    fs::path relative(file_name);
+    if (!is_safe_relative(relative)) {
+      bad_index(index, "tensor '" + tensor + "' maps to '" + std::string(file_name) +
+                           "', which is not a file name relative to the index");
+    }
+    fs::path file = dir / relative;
+    if (!out.weight_map.emplace(tensor, file).second) {
+      bad_index(index, "tensor '" + tensor + "' appears twice in weight_map");
+    }
+    seen_files.insert(file);
+  }
+  if (seen_files.empty()) bad_index(index, "weight_map names no files");
+  out.files.assign(seen_files.begin(), seen_files.end());
+  for (const auto& file : out.files) {
+    if (!fs::exists(file, ec)) {
+      throw NotFoundError(index.string() + ": names '" + file.string() +
+                          "', which does not exist");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+CheckpointFiles resolve_checkpoint(const fs::path& path) {
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) {
+    throw NotFoundError(path.string() + ": no such file or directory");
+  }
+  if (fs::is_directory(status)) {
+    const fs::path index = path / kIndexName;
+    if (fs::exists(index, ec)) return read_index(index);
+    CheckpointFiles out;
+    for (const auto& entry : fs::directory_iterator(path, ec)) {
+      if (entry.path().extension() == ".safetensors" && entry.is_regular_file(ec)) {
+        out.files.push_back(entry.path());
+      }
+    }
+    if (ec) throw IoError(path.string() + ": cannot list directory: " + ec.message(), ec.value(), 0);
+    if (out.files.empty()) {
+      throw NotFoundError(path.string() + ": directory holds no .safetensors files");
+    }
+    std::sort(out.files.begin(), out.files.end());
+    return out;
+  }
+  if (path.extension() == ".json") return read_index(path);
+  CheckpointFiles out;
+  out.files.push_back(path);
+  return out;
+}
+
+void check_index(const CheckpointFiles& files, const std::vector<const Header*>& headers) {
+  if (files.index.empty()) return;
+  std::size_t tensors_in_files = 0;
+  for (std::size_t i = 0; i < files.files.size(); ++i) {
+    for (const TensorInfo& t : headers[i]->tensors) {
+      auto it = files.weight_map.find(t.name);
+      if (it == files.weight_map.end()) {
+        bad_index(files.index, "tensor '" + t.name + "' of " + files.files[i].string() +
+                                   " is not in weight_map");
+      }
+      if (it->second != files.files[i]) {
+        bad_index(files.index, "tensor '" + t.name + "' is in " + files.files[i].string() +
+                                   " but weight_map names " + it->second.string());
+      }
+      ++tensors_in_files;
+    }
+  }
+  if (tensors_in_files != files.weight_map.size()) {
+    // Some mapped tensor is in none of the files: name one.
+    for (const auto& [name, file] : files.weight_map) {
+      auto pos = std::find(files.files.begin(), files.files.end(), file) - files.files.begin();
+      if (headers[pos]->find(name) == nullptr) {
+        bad_index(files.index,
+                  "weight_map names tensor '" + name + "' in " + file.string() +
+                      ", which does not hold it");
+      }
+    }
+  }
+}
+
+}  // namespace warpload::detail

@@ -1,1 +1,357 @@
-// placeholder: being written
+#include "warpload/loader.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+#include "core/file_set.hpp"
+#include "warpload/error.hpp"
+
+namespace warpload {
+
+std::uint64_t TensorView::numel() const noexcept {
+  std::uint64_t n = 1;
+  for (auto d : shape) n *= static_cast<std::uint64_t>(d);
+  return n;
+}
+
+namespace {
+
+struct TensorRef {
+  std::uint32_t file;
+  std::uint32_t tensor;
+};
+
+std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
+
+std::uint64_t align_up(std::uint64_t v, std::uint64_t a) {
+  std::uint64_t down = align_down(v, a);
+  return down == v ? v : down + a;
+}
+
+// Runs `on_progress` about ten times a second while a read is in progress.
+class ProgressMonitor {
+ public:
+  ProgressMonitor(const std::function<void(std::uint64_t, std::uint64_t)>& callback,
+                  const ReadControl& control, std::uint64_t total)
+      : callback_(callback), control_(control), total_(total) {
+    if (callback_) thread_ = std::thread([this] { run(); });
+  }
+  ~ProgressMonitor() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  ProgressMonitor(const ProgressMonitor&) = delete;
+  ProgressMonitor& operator=(const ProgressMonitor&) = delete;
+
+ private:
+  void run() {
+    std::unique_lock lock(mutex_);
+    while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; })) {
+      callback_(std::min(control_.bytes_done.load(std::memory_order_relaxed), total_), total_);
+    }
+  }
+
+  const std::function<void(std::uint64_t, std::uint64_t)>& callback_;
+  const ReadControl& control_;
+  std::uint64_t total_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+struct Loader::State {
+  LoadOptions options;
+  std::vector<PlannedFile> files;
+  std::unordered_map<std::string, TensorRef> by_name;
+  std::uint64_t total_bytes = 0;
+
+  // After load(): per file, the buffer and where its data section starts in it.
+  std::vector<std::shared_ptr<Buffer>> buffers;
+  std::vector<std::byte*> data_starts;
+  // Tensors moved to their own aligned buffer because their place in the file was not.
+  std::unordered_map<std::string, std::shared_ptr<Buffer>> realigned;
+  bool loaded = false;
+  bool load_started = false;
+
+  const TensorRef& find(std::string_view name) const {
+    auto it = by_name.find(std::string(name));
+    if (it == by_name.end()) throw NotFoundError("no tensor named '" + std::string(name) + "'");
+    return it->second;
+  }
+  const TensorInfo& info(const TensorRef& ref) const {
+    return files[ref.file].header.tensors[ref.tensor];
+  }
+};
+
+Loader::Loader(LoadOptions options) : state_(std::make_unique<State>()) {
+  state_->options = std::move(options);
+}
+Loader::~Loader() = default;
+Loader::Loader(Loader&&) noexcept = default;
+Loader& Loader::operator=(Loader&&) noexcept = default;
+
+void Loader::add(const std::filesystem::path& path) {
+  State& s = *state_;
+  if (s.load_started) throw UnsupportedError(path.string() + ": add() after load()");
+  detail::CheckpointFiles resolved = detail::resolve_checkpoint(path);
+
+  // Parse everything first so a failure leaves the plan as it was.
+  std::vector<PlannedFile> added;
+  added.reserve(resolved.files.size());
+  for (const auto& file : resolved.files) {
+    for (const auto& existing : s.files) {
+      std::error_code ec;
+      if (std::filesystem::equivalent(existing.path, file, ec)) {
+        throw InvalidFileError(FormatRule::kDuplicateTensor,
+                               file.string() + ": file is already part of this load");
+      }
+    }
+    added.push_back(PlannedFile{file, read_header(file)});
+  }
+  std::vector<const Header*> headers;
+  for (const auto& f : added) headers.push_back(&f.header);
+  detail::check_index(resolved, headers);
+
+  std::unordered_map<std::string, TensorRef> names;
+  const auto first_new = static_cast<std::uint32_t>(s.files.size());
+  for (std::uint32_t f = 0; f < added.size(); ++f) {
+    const auto& tensors = added[f].header.tensors;
+    for (std::uint32_t t = 0; t < tensors.size(); ++t) {
+      const std::string& name = tensors[t].name;
+      const PlannedFile* other = nullptr;
+      if (auto it = s.by_name.find(name); it != s.by_name.end()) {
+        other = &s.files[it->second.file];
+      } else if (auto jt = names.find(name); jt != names.end()) {
+        other = &added[jt->second.file - first_new];
+      }
+      if (other != nullptr) {
+        throw InvalidFileError(FormatRule::kDuplicateTensor,
+                               added[f].path.string() + ": tensor '" + name +
+                                   "' is also in " + other->path.string());
+      }
+      names.emplace(name, TensorRef{first_new + f, t});
+    }
+  }
+  for (auto& f : added) {
+    s.total_bytes += f.header.data_size();
+    s.files.push_back(std::move(f));
+  }
+  s.by_name.merge(names);
+}
+
+void Loader::add(std::span<const std::filesystem::path> paths) {
+  for (const auto& p : paths) add(p);
+}
+
+const std::vector<PlannedFile>& Loader::files() const noexcept { return state_->files; }
+std::uint64_t Loader::total_bytes() const noexcept { return state_->total_bytes; }
+bool Loader::loaded() const noexcept { return state_->loaded; }
+
+LoadStats Loader::load() {
+  State& s = *state_;
+  if (s.loaded) throw UnsupportedError("load() called on a loaded Loader; release() first");
+
+  std::shared_ptr<Storage> storage = s.options.custom_storage
+                                         ? s.options.custom_storage
+                                         : make_storage(s.options.backend, s.options.storage);
+  std::shared_ptr<Allocator> allocator =
+      s.options.allocator ? s.options.allocator : make_host_allocator();
+  if (allocator->kind() != MemoryKind::kHost && !storage->capabilities().device_memory) {
+    throw UnsupportedError("backend '" + storage->capabilities().name +
+                           "' cannot read into non-host memory in this build");
+  }
+
+  std::vector<std::unique_ptr<StorageFile>> open_files;
+  std::vector<ReadRequest> requests;
+  std::vector<std::shared_ptr<Buffer>> buffers(s.files.size());
+  std::vector<std::byte*> data_starts(s.files.size(), nullptr);
+  open_files.reserve(s.files.size());
+
+  for (std::size_t i = 0; i < s.files.size(); ++i) {
+    const PlannedFile& planned = s.files[i];
+    const Header& h = planned.header;
+    auto file = storage->open(planned.path);
+    if (file->size() != h.file_size) {
+      throw IoError(planned.path.string() + ": file changed size since its header was read (" +
+                        std::to_string(h.file_size) + " -> " + std::to_string(file->size()) +
+                        " bytes)",
+                    0, 0);
+    }
+    // Read the aligned superset of the data section; the section then starts
+    // `data_offset % alignment` bytes into the buffer.
+    const std::uint64_t a = file->alignment();
+    const std::uint64_t begin = align_down(h.data_offset(), a);
+    const std::uint64_t end = align_up(h.file_size, a);
+    const std::uint64_t length = end - begin;
+    buffers[i] = allocator->allocate(std::max<std::uint64_t>(length, 1),
+                                     std::max<std::uint64_t>(a, 64));
+    data_starts[i] = buffers[i]->data() + (h.data_offset() - begin);
+    if (h.data_size() > 0) {
+      requests.push_back(ReadRequest{file.get(), begin, length, buffers[i]->data()});
+    }
+    open_files.push_back(std::move(file));
+  }
+
+  ReadControl control;
+  const auto start = std::chrono::steady_clock::now();
+  {
+    ProgressMonitor monitor(s.options.on_progress, control, s.total_bytes);
+    storage->read(requests, &control);
+  }
+  const auto stop = std::chrono::steady_clock::now();
+  if (s.options.on_progress) s.options.on_progress(s.total_bytes, s.total_bytes);
+  open_files.clear();
+
+  // Views must be aligned to their element size; move the few tensors whose place in the
+  // file does not allow that (never the case for files from the reference writer).
+  for (std::size_t i = 0; i < s.files.size(); ++i) {
+    for (const TensorInfo& t : s.files[i].header.tensors) {
+      const std::size_t align = dtype_alignment(t.dtype);
+      std::byte* src = data_starts[i] + t.begin;
+      if (reinterpret_cast<std::uintptr_t>(src) % align == 0 || t.nbytes() == 0) continue;
+      auto side = allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 64));
+      std::memcpy(side->data(), src, t.nbytes());
+      s.realigned.emplace(t.name, std::move(side));
+    }
+  }
+
+  s.buffers = std::move(buffers);
+  s.data_starts = std::move(data_starts);
+  s.loaded = true;
+  s.load_started = true;
+
+  LoadStats stats;
+  stats.bytes = s.total_bytes;
+  stats.seconds = std::chrono::duration<double>(stop - start).count();
+  stats.backend = storage->capabilities().name;
+  stats.files = s.files.size();
+  return stats;
+}
+
+std::vector<std::string> Loader::keys() const {
+  std::vector<std::string> out;
+  out.reserve(state_->by_name.size());
+  for (const auto& f : state_->files) {
+    for (const auto& t : f.header.tensors) out.push_back(t.name);
+  }
+  return out;
+}
+
+bool Loader::contains(std::string_view name) const noexcept {
+  return state_->by_name.find(std::string(name)) != state_->by_name.end();
+}
+
+const TensorInfo& Loader::info(std::string_view name) const {
+  return state_->info(state_->find(name));
+}
+
+const PlannedFile& Loader::file_of(std::string_view name) const {
+  return state_->files[state_->find(name).file];
+}
+
+std::map<std::string, std::string> Loader::metadata() const {
+  std::map<std::string, std::string> out;
+  for (const auto& f : state_->files) out.insert(f.header.metadata.begin(), f.header.metadata.end());
+  return out;
+}
+
+TensorView Loader::tensor(std::string_view name) const {
+  const State& s = *state_;
+  const TensorRef& ref = s.find(name);
+  if (!s.loaded) {
+    throw UnsupportedError(s.files[ref.file].path.string() + ": tensor '" + std::string(name) +
+                           "' requested before load()");
+  }
+  const TensorInfo& t = s.info(ref);
+  TensorView v;
+  v.name = t.name;
+  v.dtype = t.dtype;
+  v.nbytes = t.nbytes();
+  v.shape.assign(t.shape.begin(), t.shape.end());
+  v.strides.assign(t.shape.size(), 1);
+  for (std::size_t d = t.shape.size(); d-- > 1;) v.strides[d - 1] = v.strides[d] * v.shape[d];
+  if (auto it = s.realigned.find(t.name); it != s.realigned.end()) {
+    v.data = it->second->data();
+    v.owner = it->second;
+  } else {
+    v.data = s.data_starts[ref.file] + t.begin;
+    v.owner = s.buffers[ref.file];
+  }
+  v.memory = v.owner->kind();
+  return v;
+}
+
+TensorView Loader::shard(std::string_view name, int rank, int world, int dim) const {
+  TensorView v = tensor(name);
+  const auto ndim = static_cast<int>(v.shape.size());
+  if (world < 1 || rank < 0 || rank >= world) {
+    throw std::invalid_argument("shard of '" + v.name + "': rank " + std::to_string(rank) +
+                                " is not in [0, world=" + std::to_string(world) + ")");
+  }
+  if (ndim == 0) throw std::invalid_argument("shard of '" + v.name + "': tensor is 0-d");
+  if (dim < -ndim || dim >= ndim) {
+    throw std::invalid_argument("shard of '" + v.name + "': dim " + std::to_string(dim) +
+                                " out of range for " + std::to_string(ndim) + "-d tensor");
+  }
+  const auto d = static_cast<std::size_t>(dim < 0 ? dim + ndim : dim);
+  const std::int64_t size = v.shape[d];
+  const std::int64_t block = (size + world - 1) / world;
+  const std::int64_t begin = std::min<std::int64_t>(block * rank, size);
+  const std::int64_t end = std::min<std::int64_t>(begin + block, size);
+  std::int64_t outer = 1;  // product of the dims before d
+  for (std::size_t i = 0; i < d; ++i) outer *= v.shape[i];
+
+  const std::uint32_t bits = dtype_bits(v.dtype);
+  const std::uint64_t first_bit = static_cast<std::uint64_t>(begin * v.strides[d]) * bits;
+  v.shape[d] = end - begin;
+  v.contiguous = outer <= 1 || end - begin == size || v.numel() == 0;
+  if (bits % 8 != 0) {
+    const std::uint64_t local_bits = static_cast<std::uint64_t>(v.strides[d] * (end - begin)) *
+                                     static_cast<std::uint64_t>(outer) * bits;
+    if (!v.contiguous || first_bit % 8 != 0 || local_bits % 8 != 0) {
+      throw UnsupportedError(file_of(name).path.string() + ": tensor '" + v.name +
+                             "': shard " + std::to_string(rank) + "/" + std::to_string(world) +
+                             " of a " + std::string(dtype_name(v.dtype)) +
+                             " tensor along dim " + std::to_string(d) +
+                             " does not start and end on whole bytes");
+    }
+  }
+  v.data += first_bit / 8;
+  if (v.numel() == 0) {
+    v.nbytes = 0;
+  } else if (v.contiguous) {
+    v.nbytes = v.numel() * bits / 8;
+  } else {
+    // Bytes spanned from the first element to one past the last.
+    std::uint64_t last = 0;
+    for (std::size_t i = 0; i < v.shape.size(); ++i) {
+      last += static_cast<std::uint64_t>((v.shape[i] - 1) * v.strides[i]);
+    }
+    v.nbytes = (last + 1) * bits / 8;
+  }
+  return v;
+}
+
+void Loader::release() noexcept {
+  State& s = *state_;
+  s.buffers.clear();
+  s.data_starts.clear();
+  s.realigned.clear();
+  s.loaded = false;
+}
+
+}  // namespace warpload
