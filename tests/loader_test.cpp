@@ -391,8 +391,8 @@ TEST(Loader, InjectedReadErrorFailsTheWholeLoad) {
   auto f = write_file(dir / "a.safetensors", {{"w", DType::kF32, {1 << 16}}}, 9);
   for (const char* backend : {"posix", "uring"}) {
     SCOPED_TRACE(backend);
-    auto faulty = std::make_shared<testing::FaultInjectingStorage>(make_storage(backend));
-    faulty->inject(testing::Fault::kEio, /*offset=*/100'000);
+    auto faulty = std::make_shared<testing::FaultInjectingStorage>(
+        make_storage(backend), testing::FaultPlan{testing::Fault::kIoError, 100'000});
     LoadOptions options;
     options.custom_storage = faulty;
     Loader loader(options);
@@ -404,6 +404,7 @@ TEST(Loader, InjectedReadErrorFailsTheWholeLoad) {
       EXPECT_NE(std::string(e.what()).find(f.path.string()), std::string::npos) << e.what();
       EXPECT_LE(e.offset(), 100'000u);
     }
+    EXPECT_GE(faulty->counters().injected.load(), 1u);
     EXPECT_FALSE(loader.loaded());
     EXPECT_THROW((void)loader.tensor("w"), UnsupportedError);
   }
