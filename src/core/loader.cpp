@@ -284,7 +284,11 @@ TensorView Loader::tensor(std::string_view name) const {
   v.shape.assign(t.shape.begin(), t.shape.end());
   v.strides.assign(t.shape.size(), 1);
   for (std::size_t d = t.shape.size(); d-- > 1;) v.strides[d - 1] = v.strides[d] * v.shape[d];
-  if (auto it = s.realigned.find(t.name); it != s.realigned.end()) {
+  if (t.nbytes() == 0) {
+    // No bytes to point at: give empty tensors an aligned address all the same.
+    v.data = s.buffers[ref.file]->data();
+    v.owner = s.buffers[ref.file];
+  } else if (auto it = s.realigned.find(t.name); it != s.realigned.end()) {
     v.data = it->second->data();
     v.owner = it->second;
   } else {
