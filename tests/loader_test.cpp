@@ -62,7 +62,9 @@ void expect_loaded(const Loader& loader, const WrittenFile& file) {
     SCOPED_TRACE(name);
     TensorView v = loader.tensor(name);
     ASSERT_EQ(v.nbytes, expected.size());
-    if (!expected.empty()) EXPECT_EQ(std::memcmp(v.data, expected.data(), expected.size()), 0);
+    if (!expected.empty()) {
+      EXPECT_EQ(std::memcmp(v.data, expected.data(), expected.size()), 0);
+    }
     EXPECT_EQ(reinterpret_cast<std::uintptr_t>(v.data) % dtype_alignment(v.dtype), 0u);
     EXPECT_TRUE(v.contiguous);
   }
@@ -123,8 +125,8 @@ std::vector<BackendCase> backend_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, LoaderBackendTest, ::testing::ValuesIn(backend_cases()),
-                         [](const auto& info) {
-                           return info.param.backend + (info.param.direct ? "_direct" : "");
+                         [](const auto& test) {
+                           return test.param.backend + (test.param.direct ? "_direct" : "");
                          });
 
 TEST(Loader, MisalignedTensorsAreMovedToAlignedMemory) {

@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "warpload/dtype.hpp"
@@ -45,6 +46,14 @@ struct TensorInfo {
   [[nodiscard]] std::uint64_t numel() const noexcept;  // 1 for a 0-d scalar
 };
 
+// Hash for string-keyed maps that are searched with a string_view without a copy.
+struct NameHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view name) const noexcept {
+    return std::hash<std::string_view>{}(name);
+  }
+};
+
 // A parsed, validated header.
 struct Header {
   std::uint64_t header_length = 0;  // N
@@ -62,7 +71,8 @@ struct Header {
   // Index into `tensors` by name, or nullptr.
   [[nodiscard]] const TensorInfo* find(std::string_view name) const noexcept;
 
-  std::unordered_map<std::string, std::size_t> by_name;  // name -> index into `tensors`
+  // name -> index into `tensors`
+  std::unordered_map<std::string, std::size_t, NameHash, std::equal_to<>> by_name;
 };
 
 // Parses and validates a header.
@@ -118,6 +128,7 @@ class SafetensorsWriter {
     FillFn fill;
   };
   std::vector<Entry> entries_;
+  std::unordered_set<std::string, NameHash, std::equal_to<>> names_;
   std::map<std::string, std::string> metadata_;
   std::size_t header_alignment_ = 8;
 };

@@ -76,7 +76,7 @@ class ProgressMonitor {
 struct Loader::State {
   LoadOptions options;
   std::vector<PlannedFile> files;
-  std::unordered_map<std::string, TensorRef> by_name;
+  std::unordered_map<std::string, TensorRef, NameHash, std::equal_to<>> by_name;
   std::uint64_t total_bytes = 0;
 
   // After load(): per file, the buffer and where its data section starts in it.
@@ -88,7 +88,7 @@ struct Loader::State {
   bool load_started = false;
 
   const TensorRef& find(std::string_view name) const {
-    auto it = by_name.find(std::string(name));
+    auto it = by_name.find(name);
     if (it == by_name.end()) throw NotFoundError("no tensor named '" + std::string(name) + "'");
     return it->second;
   }
@@ -126,7 +126,7 @@ void Loader::add(const std::filesystem::path& path) {
   for (const auto& f : added) headers.push_back(&f.header);
   detail::check_index(resolved, headers);
 
-  std::unordered_map<std::string, TensorRef> names;
+  std::unordered_map<std::string, TensorRef, NameHash, std::equal_to<>> names;
   const auto first_new = static_cast<std::uint32_t>(s.files.size());
   for (std::uint32_t f = 0; f < added.size(); ++f) {
     const auto& tensors = added[f].header.tensors;
@@ -252,7 +252,7 @@ std::vector<std::string> Loader::keys() const {
 }
 
 bool Loader::contains(std::string_view name) const noexcept {
-  return state_->by_name.find(std::string(name)) != state_->by_name.end();
+  return state_->by_name.contains(name);
 }
 
 const TensorInfo& Loader::info(std::string_view name) const {
