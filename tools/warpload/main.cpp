@@ -1,1 +1,226 @@
-int main() { return 0; }
+// warpload: inspect, load, benchmark and generate safetensors checkpoints.
+//
+// Parses the command line with CLI11 and runs one subcommand. Every failure ends as one line
+// "warpload: <message>" on stderr and a distinct exit status (see kExitStatusHelp).
+
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <new>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "commands.hpp"
+#include "units.hpp"
+#include "warpload/error.hpp"
+#include "warpload/version.hpp"
+
+namespace {
+
+namespace cli = warpload::cli;
+
+enum ExitStatus : int {
+  kGeneric = 1,
+  kUsage = 2,
+  kInvalidFile = 3,
+  kNotFound = 4,
+  kIo = 5,
+  kUnsupported = 6,
+  kOutOfMemory = 7,
+  kCancelled = 130,
+};
+
+constexpr const char* kExitStatusHelp =
+    "Exit status: 0 success, 1 error, 2 usage, 3 invalid file, 4 not found, 5 I/O error,\n"
+    "6 unsupported, 7 out of memory, 130 interrupted.";
+
+int status_for(warpload::ErrorKind kind) {
+  switch (kind) {
+    case warpload::ErrorKind::kInvalidFile:
+      return kInvalidFile;
+    case warpload::ErrorKind::kNotFound:
+      return kNotFound;
+    case warpload::ErrorKind::kIo:
+      return kIo;
+    case warpload::ErrorKind::kUnsupported:
+      return kUnsupported;
+    case warpload::ErrorKind::kOutOfMemory:
+      return kOutOfMemory;
+    case warpload::ErrorKind::kCancelled:
+      return kCancelled;
+  }
+  return kGeneric;
+}
+
+// Prints the one error line (newlines inside the message folded) and returns `status`.
+int fail(int status, std::string_view message) {
+  std::string line(message);
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  std::fflush(stdout);
+  fmt::print(stderr, "warpload: {}\n", line);
+  return status;
+}
+
+// Ctrl-C: end a progress bar's line, say why, exit 130. Only async-signal-safe calls.
+bool g_stderr_is_tty = false;
+extern "C" void on_interrupt(int /*signal*/) {
+  static constexpr char kTty[] = "\nwarpload: interrupted\n";
+  static constexpr char kPlain[] = "warpload: interrupted\n";
+  if (g_stderr_is_tty) {
+    (void)!::write(STDERR_FILENO, kTty, sizeof(kTty) - 1);
+  } else {
+    (void)!::write(STDERR_FILENO, kPlain, sizeof(kPlain) - 1);
+  }
+  ::_exit(kCancelled);
+}
+
+// A size option: "4MiB", "1M", "512KiB", "2GiB" or plain bytes (see units.hpp).
+CLI::Validator size_transform() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const std::optional<std::uint64_t> bytes = cli::parse_size(text);
+        if (!bytes) {
+          return "'" + text + "' is not a size (e.g. 4096, 512KiB, 4MiB, 2GiB)";
+        }
+        if (*bytes == 0) {
+          return "must be greater than 0";
+        }
+        text = std::to_string(*bytes);
+        return {};
+      },
+      "SIZE");
+}
+
+std::vector<std::filesystem::path> to_paths(const std::vector<std::string>& strings) {
+  return {strings.begin(), strings.end()};
+}
+
+int run(int argc, char** argv) {
+  CLI::App app("warpload: load safetensors checkpoints fast", "warpload");
+  app.set_version_flag("--version", fmt::format("warpload {}", warpload::kVersionString));
+  app.require_subcommand(1);
+  app.footer(kExitStatusHelp);
+
+  std::vector<std::string> inspect_paths;
+  cli::InspectOptions inspect;
+  CLI::App* inspect_cmd = app.add_subcommand(
+      "inspect", "List tensors (name, dtype, shape, bytes) and totals without reading data");
+  inspect_cmd
+      ->add_option("PATH", inspect_paths,
+                   "safetensors file, directory of shards, or model.safetensors.index.json")
+      ->required();
+  inspect_cmd->add_flag("--json", inspect.json, "print one JSON object");
+
+  std::vector<std::string> load_paths;
+  cli::LoadCommandOptions load;
+  CLI::App* load_cmd =
+      app.add_subcommand("load", "Load every tensor into host memory and report the throughput");
+  load_cmd
+      ->add_option("PATH", load_paths,
+                   "safetensors file, directory of shards, or model.safetensors.index.json")
+      ->required();
+  load_cmd->add_option("--backend", load.backend, "storage backend: auto, posix, uring, mmap")
+      ->capture_default_str();
+  load_cmd->add_flag("--direct", load.direct, "open files with O_DIRECT (posix, uring)");
+  load_cmd->add_option("--threads", load.threads, "worker threads (default: backend's)")
+      ->check(CLI::Range(1U, 1024U));
+  load_cmd
+      ->add_option("--block-size", load.block_size,
+                   "bytes per read, e.g. 4MiB (default: backend's)")
+      ->transform(size_transform());
+  load_cmd->add_option("--queue-depth", load.queue_depth, "uring reads in flight per thread")
+      ->check(CLI::Range(1U, 65536U));
+  load_cmd->add_flag("--hash", load.hash, "print XXH3-64 of every tensor (after the timing)");
+  load_cmd->add_flag("--json", load.json, "print one JSON object");
+
+  std::vector<std::string> bench_paths;
+  cli::BenchOptions bench;
+  CLI::App* bench_cmd = app.add_subcommand(
+      "bench", "Every backend cold and warm against this machine's cold and warm limits");
+  bench_cmd
+      ->add_option("PATH", bench_paths,
+                   "safetensors file, directory of shards, or model.safetensors.index.json")
+      ->required();
+  bench_cmd->add_option("--runs", bench.runs, "runs per figure; the best is reported")
+      ->capture_default_str()
+      ->check(CLI::Range(1U, 1000U));
+  bench_cmd->add_flag("--json", bench.json, "print one JSON object");
+  bench_cmd
+      ->add_option("--backends", bench.backends,
+                   "comma-separated backends to measure (default: all available)")
+      ->delimiter(',');
+
+  std::string gen_dir;
+  cli::GenOptions gen;
+  CLI::App* gen_cmd =
+      app.add_subcommand("gen", "Write a deterministic demo checkpoint (Llama-shaped, sharded)");
+  gen_cmd->add_option("DIR", gen_dir, "output directory (created if missing)")->required();
+  gen_cmd->add_option("--size", gen.size, "total tensor bytes, e.g. 2GiB (default: 2GiB)")
+      ->transform(size_transform());
+  gen_cmd->add_option("--shards", gen.shards, "number of shards (default: one per 5 GB)")
+      ->check(CLI::Range(1U, 99999U));
+  gen_cmd->add_option("--seed", gen.seed, "seed of the tensor bytes")->capture_default_str();
+  gen_cmd->add_flag("--dry-run", gen.dry_run, "print the layout, write nothing");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) {
+      return app.exit(e);  // --help, --version
+    }
+    if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
+      return fail(kUsage, fmt::format("unknown command '{}' (commands: inspect, load, bench, gen)",
+                                      argv[1]));
+    }
+    return fail(kUsage, fmt::format("{} (see warpload --help)", e.what()));
+  }
+
+  g_stderr_is_tty = ::isatty(STDERR_FILENO) == 1;
+  (void)std::signal(SIGINT, on_interrupt);
+
+  if (inspect_cmd->parsed()) {
+    inspect.paths = to_paths(inspect_paths);
+    cli::run_inspect(inspect);
+  } else if (load_cmd->parsed()) {
+    load.paths = to_paths(load_paths);
+    cli::run_load(load);
+  } else if (bench_cmd->parsed()) {
+    bench.paths = to_paths(bench_paths);
+    cli::run_bench(bench);
+  } else if (gen_cmd->parsed()) {
+    gen.dir = gen_dir;
+    cli::run_gen(gen);
+  }
+  std::fflush(stdout);
+  if (std::ferror(stdout) != 0) {
+    return fail(kIo, "cannot write to standard output");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const cli::UsageError& e) {
+    return fail(kUsage, e.what());
+  } catch (const warpload::Error& e) {
+    return fail(status_for(e.kind()), e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(kOutOfMemory, "out of memory");
+  } catch (const std::filesystem::filesystem_error& e) {
+    const bool missing = e.code() == std::errc::no_such_file_or_directory;
+    return fail(missing ? kNotFound : kIo, e.what());
+  } catch (const std::exception& e) {
+    return fail(kGeneric, e.what());
+  }
+}

@@ -1,0 +1,32 @@
+// Checks a --backend / --backends name against the backends this machine can run.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "commands.hpp"
+#include "warpload/storage.hpp"
+
+namespace warpload::cli {
+
+// Throws UsageError naming the available backends when `name` is not one of them.
+inline void check_backend_name(std::string_view name, const std::vector<std::string>& available,
+                               std::string_view option) {
+  if (std::find(available.begin(), available.end(), name) != available.end()) {
+    return;
+  }
+  throw UsageError(fmt::format("{}: unknown or unavailable backend '{}' (available: {})", option,
+                               name, fmt::join(available, ", ")));
+}
+
+// Backends that read through their own mapping or choose O_DIRECT themselves: --direct means
+// nothing to them.
+[[nodiscard]] inline bool backend_takes_direct(std::string_view name) noexcept {
+  return name != "mmap" && name != "auto";
+}
+
+}  // namespace warpload::cli

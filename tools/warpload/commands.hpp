@@ -1,0 +1,57 @@
+// The CLI's subcommands. main.cpp parses the command line into these option structs (all
+// size suffixes already resolved to bytes) and calls run_*; each prints its own output and
+// throws on failure (warpload::Error, UsageError or any std::exception), which main maps to
+// one "warpload: <message>" line and an exit status.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace warpload::cli {
+
+// A command line that parsed but makes no sense (unknown backend name, bad combination).
+// Exits with status 2, like CLI11's own parse errors.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct InspectOptions {
+  std::vector<std::filesystem::path> paths;
+  bool json = false;
+};
+void run_inspect(const InspectOptions& options);
+
+struct LoadCommandOptions {
+  std::vector<std::filesystem::path> paths;
+  std::string backend = "auto";
+  bool direct = false;
+  unsigned threads = 0;          // 0 = backend default
+  std::uint64_t block_size = 0;  // 0 = backend default
+  unsigned queue_depth = 0;      // 0 = backend default
+  bool hash = false;
+  bool json = false;
+};
+void run_load(const LoadCommandOptions& options);
+
+struct BenchOptions {
+  std::vector<std::filesystem::path> paths;
+  unsigned runs = 3;
+  bool json = false;
+  std::vector<std::string> backends;  // empty = every available backend
+};
+void run_bench(const BenchOptions& options);
+
+struct GenOptions {
+  std::filesystem::path dir;
+  std::uint64_t size = std::uint64_t{2} << 30;
+  unsigned shards = 0;  // 0 = one per 5 GB, as Hugging Face's default max_shard_size
+  std::uint64_t seed = 0;
+  bool dry_run = false;  // print the layout, write nothing
+};
+void run_gen(const GenOptions& options);
+
+}  // namespace warpload::cli
