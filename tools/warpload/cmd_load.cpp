@@ -2,6 +2,7 @@
 //                       [--queue-depth Q] [--hash] [--json]
 
 #include <fmt/core.h>
+#include <sys/resource.h>
 #include <xxhash.h>
 
 #include <cstdio>
@@ -27,6 +28,14 @@ struct LoadedTensor {
 
 std::string hex64(std::uint64_t value) { return fmt::format("{:016x}", value); }
 
+// Peak resident memory of this process so far, in bytes: the checkpoint's bytes plus the
+// loader's overhead (no second copy should show up here).
+std::uint64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
+}
+
 void print_json(const LoadCommandOptions& options, const LoadStats& stats,
                 const std::vector<LoadedTensor>& tensors) {
   std::string out;
@@ -37,7 +46,8 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
       .field("gbps", stats.gbps())
       .field("backend", stats.backend)
       .field("direct", options.direct)
-      .field("files", static_cast<std::uint64_t>(stats.files));
+      .field("files", static_cast<std::uint64_t>(stats.files))
+      .field("peak_rss_bytes", peak_rss_bytes());
   w.key("options")
       .begin_object()
       .field("threads", options.threads)
@@ -95,6 +105,10 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
                      stats.bytes, format_bytes(stats.bytes), tensors.size(), stats.files,
                      stats.files == 1 ? "" : "s", format_seconds(stats.seconds), stats.gbps(),
                      stats.backend, options.direct ? ", O_DIRECT" : "");
+  const std::uint64_t rss = peak_rss_bytes();
+  out += fmt::format(
+      "peak RSS {} ({:+.1f}% over the bytes loaded)\n", format_bytes(rss),
+      stats.bytes ? (static_cast<double>(rss) / static_cast<double>(stats.bytes) - 1) * 100 : 0.0);
   fmt::print("{}", out);
 }
 
