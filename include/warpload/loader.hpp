@@ -38,8 +38,8 @@
 namespace warpload {
 
 struct LoadOptions {
-  std::string backend = "auto";        // see make_storage()
-  StorageOptions storage;              // threads, block size, queue depth, O_DIRECT
+  std::string backend = "auto";          // see make_storage()
+  StorageOptions storage;                // threads, block size, queue depth, O_DIRECT
   std::shared_ptr<Allocator> allocator;  // null = make_host_allocator()
   // A ready backend (e.g. a decorated one); when set, `backend` and `storage` are ignored.
   std::shared_ptr<Storage> custom_storage;
@@ -77,6 +77,7 @@ struct LoadStats {
   double seconds = 0;       // wall time of the read phase
   std::string backend;      // resolved backend name
   std::size_t files = 0;
+  std::size_t direct_files = 0;  // files read with O_DIRECT (how "auto" resolved)
   [[nodiscard]] double gbps() const noexcept {
     return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
   }

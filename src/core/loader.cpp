@@ -139,9 +139,9 @@ void Loader::add(const std::filesystem::path& path) {
         other = &added[jt->second.file - first_new];
       }
       if (other != nullptr) {
-        throw InvalidFileError(FormatRule::kDuplicateTensor,
-                               added[f].path.string() + ": tensor '" + name +
-                                   "' is also in " + other->path.string());
+        throw InvalidFileError(
+            FormatRule::kDuplicateTensor,
+            added[f].path.string() + ": tensor '" + name + "' is also in " + other->path.string());
       }
       names.emplace(name, TensorRef{first_new + f, t});
     }
@@ -197,8 +197,8 @@ LoadStats Loader::load() {
     const std::uint64_t begin = align_down(h.data_offset(), a);
     const std::uint64_t end = align_up(h.file_size, a);
     const std::uint64_t length = end - begin;
-    buffers[i] = allocator->allocate(std::max<std::uint64_t>(length, 1),
-                                     std::max<std::uint64_t>(a, 64));
+    buffers[i] =
+        allocator->allocate(std::max<std::uint64_t>(length, 1), std::max<std::uint64_t>(a, 64));
     data_starts[i] = buffers[i]->data() + (h.data_offset() - begin);
     if (h.data_size() > 0) {
       requests.push_back(ReadRequest{file.get(), begin, length, buffers[i]->data()});
@@ -206,6 +206,8 @@ LoadStats Loader::load() {
     open_files.push_back(std::move(file));
   }
 
+  const auto direct_files = static_cast<std::size_t>(std::count_if(
+      open_files.begin(), open_files.end(), [](const auto& f) { return f->direct(); }));
   ReadControl control;
   const auto start = std::chrono::steady_clock::now();
   {
@@ -239,6 +241,7 @@ LoadStats Loader::load() {
   stats.seconds = std::chrono::duration<double>(stop - start).count();
   stats.backend = storage->capabilities().name;
   stats.files = s.files.size();
+  stats.direct_files = direct_files;
   return stats;
 }
 
@@ -265,7 +268,8 @@ const PlannedFile& Loader::file_of(std::string_view name) const {
 
 std::map<std::string, std::string> Loader::metadata() const {
   std::map<std::string, std::string> out;
-  for (const auto& f : state_->files) out.insert(f.header.metadata.begin(), f.header.metadata.end());
+  for (const auto& f : state_->files)
+    out.insert(f.header.metadata.begin(), f.header.metadata.end());
   return out;
 }
 
@@ -327,11 +331,10 @@ TensorView Loader::shard(std::string_view name, int rank, int world, int dim) co
     const std::uint64_t local_bits = static_cast<std::uint64_t>(v.strides[d] * (end - begin)) *
                                      static_cast<std::uint64_t>(outer) * bits;
     if (!v.contiguous || first_bit % 8 != 0 || local_bits % 8 != 0) {
-      throw UnsupportedError(file_of(name).path.string() + ": tensor '" + v.name +
-                             "': shard " + std::to_string(rank) + "/" + std::to_string(world) +
-                             " of a " + std::string(dtype_name(v.dtype)) +
-                             " tensor along dim " + std::to_string(d) +
-                             " does not start and end on whole bytes");
+      throw UnsupportedError(file_of(name).path.string() + ": tensor '" + v.name + "': shard " +
+                             std::to_string(rank) + "/" + std::to_string(world) + " of a " +
+                             std::string(dtype_name(v.dtype)) + " tensor along dim " +
+                             std::to_string(d) + " does not start and end on whole bytes");
     }
   }
   v.data += first_bit / 8;

@@ -6,6 +6,12 @@
 // each fault maps (and zeroes) 2 MiB at once. Faulting is left to the reading threads, which
 // spreads it over every core instead of one thread pre-faulting (MAP_POPULATE) in front of the
 // reads.
+//
+// Measured on the 2-core development VM (Firecracker, free page reporting to the host):
+// touching 2 GiB of fresh memory from two threads runs at ~11.8 GB/s with THP against ~3.6
+// GB/s with 4 KiB pages when the guest recycles recently freed memory, but at ~1.3 GB/s (THP,
+// serialised in the host) against ~2.5 GB/s (4 KiB) once freed memory has been reported back
+// to the host. Bare-metal machines have no such second cost and gain from THP throughout.
 #include <sys/mman.h>
 #include <unistd.h>
 

@@ -65,6 +65,7 @@ class AutoStorage final : public Storage {
  public:
   explicit AutoStorage(const StorageOptions& options)
       : threads_(options.threads != 0 ? options.threads : default_posix_threads()),
+        direct_threads_(options.threads != 0 ? options.threads : kUringThreads),
         queue_depth_(options.queue_depth != 0 ? std::min(options.queue_depth, 4096U)
                                               : kUringQueueDepth),
         buffered_block_(options.block_size != 0 ? options.block_size : kBufferedBlockSize),
@@ -100,9 +101,9 @@ class AutoStorage final : public Storage {
     ReadTracker direct_tracker(direct, direct_block_, control, &stop);
     const auto run_direct = [&] {
       if (uring_available()) {
-        run_uring_reads(direct_tracker, direct, kUringThreads, queue_depth_);
+        run_uring_reads(direct_tracker, direct, direct_threads_, queue_depth_);
       } else {
-        run_posix_reads(direct_tracker, threads_);
+        run_posix_reads(direct_tracker, direct_threads_);
       }
     };
 
@@ -125,7 +126,8 @@ class AutoStorage final : public Storage {
 
  private:
   StorageCapabilities capabilities_;
-  unsigned threads_;
+  unsigned threads_;         // buffered group (thread pool)
+  unsigned direct_threads_;  // O_DIRECT group (rings)
   unsigned queue_depth_;
   std::uint64_t buffered_block_;
   std::uint64_t direct_block_;

@@ -1,9 +1,10 @@
 // PosixStorage: a pool of threads, each taking the next block_size operation off the tracker
 // and serving it with pread() straight into the destination.
 //
-// Workers are started per read() call, with the calling thread as one of them: starting a
-// thread costs ~10-20 us against reads of many megabytes, and per-call workers make
-// concurrent read() calls on one Storage trivially safe.
+// Workers are started per read() call, with the calling thread as one of them and no more
+// threads than operations (a one-block read starts none): starting a thread costs tens of
+// microseconds against milliseconds per 8 MiB block, and per-call workers make concurrent
+// read() calls on one Storage safe without a shared queue.
 #include <algorithm>
 #include <thread>
 #include <vector>

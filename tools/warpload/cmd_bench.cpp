@@ -104,7 +104,7 @@ void measure_row(const BenchRow& row, Measurement& m, const std::vector<fs::path
       const LoadStats stats = load_once(row, paths);
       if (!m.gbps || stats.gbps() > *m.gbps) {
         m.gbps = stats.gbps();
-        m.resolved = stats.backend;
+        m.resolved = describe_backend(stats);
       }
     }
   } catch (const UnsupportedError& e) {

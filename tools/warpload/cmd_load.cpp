@@ -46,6 +46,7 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
       .field("gbps", stats.gbps())
       .field("backend", stats.backend)
       .field("direct", options.direct)
+      .field("direct_files", static_cast<std::uint64_t>(stats.direct_files))
       .field("files", static_cast<std::uint64_t>(stats.files))
       .field("peak_rss_bytes", peak_rss_bytes());
   w.key("options")
@@ -104,7 +105,7 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
   out += fmt::format("loaded {} bytes ({}), {} tensors from {} file{} in {}: {:.2f} GB/s ({}{})\n",
                      stats.bytes, format_bytes(stats.bytes), tensors.size(), stats.files,
                      stats.files == 1 ? "" : "s", format_seconds(stats.seconds), stats.gbps(),
-                     stats.backend, options.direct ? ", O_DIRECT" : "");
+                     describe_backend(stats), options.direct ? ", O_DIRECT" : "");
   const std::uint64_t rss = peak_rss_bytes();
   out += fmt::format(
       "peak RSS {} ({:+.1f}% over the bytes loaded)\n", format_bytes(rss),
@@ -113,6 +114,12 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
 }
 
 }  // namespace
+
+std::string describe_backend(const LoadStats& stats) {
+  if (stats.backend != "auto") return stats.backend;
+  return fmt::format("auto: {} of {} file{} O_DIRECT", stats.direct_files, stats.files,
+                     stats.files == 1 ? "" : "s");
+}
 
 void run_load(const LoadCommandOptions& options) {
   check_backend_name(options.backend, available_storage_names(), "--backend");

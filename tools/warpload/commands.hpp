@@ -10,7 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "warpload/loader.hpp"
+
 namespace warpload::cli {
+
+// The backend a load ran with, and how many files it read with O_DIRECT when that is not
+// all or none of them (what "auto" chose), e.g. "auto (3 of 4 files O_DIRECT)".
+std::string describe_backend(const LoadStats& stats);
 
 // A command line that parsed but makes no sense (unknown backend name, bad combination).
 // Exits with status 2, like CLI11's own parse errors.
