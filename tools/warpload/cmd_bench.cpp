@@ -104,7 +104,7 @@ void measure_row(const BenchRow& row, Measurement& m, const std::vector<fs::path
       const LoadStats stats = load_once(row, paths);
       if (!m.gbps || stats.gbps() > *m.gbps) {
         m.gbps = stats.gbps();
-        m.resolved = describe_backend(stats);
+        m.resolved = describe_backend(stats, row.direct);
       }
     }
   } catch (const UnsupportedError& e) {
@@ -255,8 +255,9 @@ void print_text(const BenchResult& r) {
                      cache_drop_name(r.cache_drop));
   for (const BenchRow& row : r.rows) {
     // Say what "auto" (or any backend that picks for itself) turned out to be.
-    const bool cold_differs = row.cold.gbps && row.cold.resolved != row.backend;
-    const bool warm_differs = row.warm.gbps && row.warm.resolved != row.backend;
+    const std::string as_asked = row.direct ? row.backend + ", O_DIRECT" : row.backend;
+    const bool cold_differs = row.cold.gbps && row.cold.resolved != as_asked;
+    const bool warm_differs = row.warm.gbps && row.warm.resolved != as_asked;
     if (cold_differs || warm_differs) {
       out += fmt::format("{} ran as: cold {}, warm {}\n", row.label(),
                          row.cold.gbps ? row.cold.resolved : "—",

@@ -102,10 +102,10 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
     out += table.render();
     out += '\n';
   }
-  out += fmt::format("loaded {} bytes ({}), {} tensors from {} file{} in {}: {:.2f} GB/s ({}{})\n",
+  out += fmt::format("loaded {} bytes ({}), {} tensors from {} file{} in {}: {:.2f} GB/s ({})\n",
                      stats.bytes, format_bytes(stats.bytes), tensors.size(), stats.files,
                      stats.files == 1 ? "" : "s", format_seconds(stats.seconds), stats.gbps(),
-                     describe_backend(stats), options.direct ? ", O_DIRECT" : "");
+                     describe_backend(stats, options.direct));
   const std::uint64_t rss = peak_rss_bytes();
   out += fmt::format(
       "peak RSS {} ({:+.1f}% over the bytes loaded)\n", format_bytes(rss),
@@ -115,10 +115,15 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
 
 }  // namespace
 
-std::string describe_backend(const LoadStats& stats) {
-  if (stats.backend != "auto") return stats.backend;
-  return fmt::format("auto: {} of {} file{} O_DIRECT", stats.direct_files, stats.files,
-                     stats.files == 1 ? "" : "s");
+std::string describe_backend(const LoadStats& stats, bool direct) {
+  const char* plural = stats.files == 1 ? "" : "s";
+  if (stats.backend == "auto") {
+    return fmt::format("auto: {} of {} file{} O_DIRECT", stats.direct_files, stats.files, plural);
+  }
+  if (!direct) return stats.backend;
+  if (stats.direct_files == stats.files) return stats.backend + ", O_DIRECT";
+  return fmt::format("{}, O_DIRECT for {} of {} file{}; the file system refused it for the rest",
+                     stats.backend, stats.direct_files, stats.files, plural);
 }
 
 void run_load(const LoadCommandOptions& options) {

@@ -14,9 +14,10 @@
 
 namespace warpload::cli {
 
-// The backend a load ran with, and how many files it read with O_DIRECT when that is not
-// all or none of them (what "auto" chose), e.g. "auto (3 of 4 files O_DIRECT)".
-std::string describe_backend(const LoadStats& stats);
+// The backend a load ran with and what it did about O_DIRECT: what "auto" chose, e.g.
+// "auto: 3 of 4 files O_DIRECT", or, when `direct` was asked for, whether every file got it
+// (a file system without O_DIRECT, such as tmpfs, is read buffered instead).
+std::string describe_backend(const LoadStats& stats, bool direct);
 
 // A command line that parsed but makes no sense (unknown backend name, bad combination).
 // Exits with status 2, like CLI11's own parse errors.
