@@ -58,7 +58,7 @@ struct NameHash {
 struct Header {
   std::uint64_t header_length = 0;  // N
   std::uint64_t file_size = 0;
-  std::vector<TensorInfo> tensors;  // in data order (sorted by begin)
+  std::vector<TensorInfo> tensors;              // in data order (sorted by begin)
   std::map<std::string, std::string> metadata;  // "__metadata__", empty when absent
 
   // Byte offset of the data section in the file: 8 + N.
@@ -74,6 +74,9 @@ struct Header {
   // name -> index into `tensors`
   std::unordered_map<std::string, std::size_t, NameHash, std::equal_to<>> by_name;
 };
+
+// "[4096, 11008]"; "[]" for a 0-d scalar. Used in messages and tables.
+[[nodiscard]] std::string format_shape(std::span<const std::uint64_t> shape);
 
 // Parses and validates a header.
 //   `prefix`    the first bytes of the file: at least min(file_size, 8 + N) of them.

@@ -49,18 +49,6 @@ std::string cat(const Parts&... parts) {
   return out;
 }
 
-std::string shape_string(const std::vector<std::uint64_t>& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i != 0) {
-      out += ", ";
-    }
-    out += std::to_string(shape[i]);
-  }
-  out += ']';
-  return out;
-}
-
 std::string offsets_string(const TensorInfo& tensor) {
   return cat("data_offsets [", tensor.begin, ", ", tensor.end, ")");
 }
@@ -411,7 +399,7 @@ void validate_layout(const Header& header, std::string_view file) {
       if (__builtin_mul_overflow(numel, dim, &numel)) {
         fail_tensor(
             FormatRule::kValidationOverflow, file, tensor.name,
-            cat("element count of shape ", shape_string(tensor.shape), " overflows 64 bits"));
+            cat("element count of shape ", format_shape(tensor.shape), " overflows 64 bits"));
       }
     }
     const std::uint32_t element_bits = dtype_bits(tensor.dtype);
@@ -430,7 +418,7 @@ void validate_layout(const Header& header, std::string_view file) {
       fail_tensor(
           FormatRule::kTensorInvalidInfo, file, tensor.name,
           cat(offsets_string(tensor), " hold ", tensor.nbytes(), " bytes but ",
-              dtype_name(tensor.dtype), " ", shape_string(tensor.shape), " needs ", bits / 8));
+              dtype_name(tensor.dtype), " ", format_shape(tensor.shape), " needs ", bits / 8));
     }
   }
   // check_header_length() guarantees 8 + N <= file_size.
@@ -514,6 +502,18 @@ std::uint64_t TensorInfo::numel() const noexcept {
     count *= dim;
   }
   return count;
+}
+
+std::string format_shape(std::span<const std::uint64_t> shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i != 0) {
+      out += ", ";
+    }
+    out += std::to_string(shape[i]);
+  }
+  out += ']';
+  return out;
 }
 
 const TensorInfo* Header::find(std::string_view name) const noexcept {

@@ -69,17 +69,6 @@ void check_new_name(const auto& names, const std::string& name) {
   }
 }
 
-std::string shape_string(const std::vector<std::uint64_t>& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i != 0) {
-      out += ", ";
-    }
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
-}
-
 void append_number(std::string& out, std::uint64_t value) {
   std::array<char, 24> digits;
   const auto result = std::to_chars(digits.data(), digits.data() + digits.size(), value);
@@ -187,7 +176,7 @@ void SafetensorsWriter::add(std::string name, DType dtype, std::vector<std::uint
   if (data.size() != nbytes) {
     throw std::invalid_argument("tensor " + single_quoted(name) + ": " +
                                 std::to_string(data.size()) + " bytes of data, but " +
-                                std::string(dtype_name(dtype)) + " " + shape_string(shape) +
+                                std::string(dtype_name(dtype)) + " " + format_shape(shape) +
                                 " needs " + std::to_string(nbytes));
   }
   names_.insert(name);

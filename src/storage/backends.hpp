@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "storage/read_tracker.hpp"
@@ -71,6 +72,33 @@ struct OpenedFile {
 // The O_DIRECT alignment of an open file: max(memory, offset) alignment from
 // statx(STATX_DIOALIGN), else kFallbackDirectAlignment.
 [[nodiscard]] std::size_t direct_io_alignment(int fd) noexcept;
+
+// Base of the backends that open plain files themselves and serve reads with one engine
+// (posix, uring): name, O_DIRECT choice and block size from the options.
+class EngineStorage : public Storage {
+ public:
+  EngineStorage(std::string name, const StorageOptions& options)
+      : direct_(options.direct),
+        block_size_(options.block_size != 0 ? options.block_size
+                    : options.direct        ? kDirectBlockSize
+                                            : kBufferedBlockSize) {
+    capabilities_.name = std::move(name);
+  }
+  [[nodiscard]] const StorageCapabilities& capabilities() const noexcept override {
+    return capabilities_;
+  }
+  [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
+    return open_storage_file(path, direct_);
+  }
+
+ protected:
+  [[nodiscard]] std::uint64_t block_size() const noexcept { return block_size_; }
+
+ private:
+  StorageCapabilities capabilities_;
+  bool direct_;
+  std::uint64_t block_size_;
+};
 
 // Whether io_uring can be used on this kernel (probed once, cached).
 [[nodiscard]] bool uring_available() noexcept;

@@ -14,36 +14,20 @@
 namespace warpload::detail {
 namespace {
 
-class PosixStorage final : public Storage {
+class PosixStorage final : public EngineStorage {
  public:
   explicit PosixStorage(const StorageOptions& options)
-      : direct_(options.direct),
-        threads_(options.threads != 0 ? options.threads : default_posix_threads()),
-        block_size_(options.block_size != 0 ? options.block_size
-                    : options.direct        ? kDirectBlockSize
-                                            : kBufferedBlockSize) {
-    capabilities_.name = "posix";
-  }
-
-  [[nodiscard]] const StorageCapabilities& capabilities() const noexcept override {
-    return capabilities_;
-  }
-
-  [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
-    return open_storage_file(path, direct_);
-  }
+      : EngineStorage("posix", options),
+        threads_(options.threads != 0 ? options.threads : default_posix_threads()) {}
 
   void read(std::span<const ReadRequest> requests, ReadControl* control) override {
-    ReadTracker tracker(requests, block_size_, control);
+    ReadTracker tracker(requests, block_size(), control);
     run_posix_reads(tracker, threads_);
     tracker.finish();
   }
 
  private:
-  StorageCapabilities capabilities_;
-  bool direct_;
   unsigned threads_;
-  std::uint64_t block_size_;
 };
 
 }  // namespace

@@ -190,39 +190,23 @@ class RingWorker {
   unsigned in_flight_ = 0;
 };
 
-class UringStorage final : public Storage {
+class UringStorage final : public EngineStorage {
  public:
   explicit UringStorage(const StorageOptions& options)
-      : direct_(options.direct),
+      : EngineStorage("uring", options),
         threads_(options.threads != 0 ? options.threads : kUringThreads),
         queue_depth_(options.queue_depth != 0 ? std::min(options.queue_depth, 4096U)
-                                              : kUringQueueDepth),
-        block_size_(options.block_size != 0 ? options.block_size
-                    : options.direct        ? kDirectBlockSize
-                                            : kBufferedBlockSize) {
-    capabilities_.name = "uring";
-  }
-
-  [[nodiscard]] const StorageCapabilities& capabilities() const noexcept override {
-    return capabilities_;
-  }
-
-  [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
-    return open_storage_file(path, direct_);
-  }
+                                              : kUringQueueDepth) {}
 
   void read(std::span<const ReadRequest> requests, ReadControl* control) override {
-    ReadTracker tracker(requests, block_size_, control);
+    ReadTracker tracker(requests, block_size(), control);
     run_uring_reads(tracker, requests, threads_, queue_depth_);
     tracker.finish();
   }
 
  private:
-  StorageCapabilities capabilities_;
-  bool direct_;
   unsigned threads_;
   unsigned queue_depth_;
-  std::uint64_t block_size_;
 };
 
 }  // namespace

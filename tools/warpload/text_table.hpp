@@ -83,19 +83,6 @@ class TextTable {
   std::vector<std::vector<std::string>> rows_;
 };
 
-// "[4096, 4096]"; "[]" for a 0-d scalar.
-[[nodiscard]] inline std::string format_shape(const std::vector<std::uint64_t>& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) {
-      out += ", ";
-    }
-    out += std::to_string(shape[i]);
-  }
-  out += ']';
-  return out;
-}
-
 // How to name each file in a table: its file name when those are unique, else its path.
 [[nodiscard]] inline std::map<std::filesystem::path, std::string> file_labels(
     const std::vector<PlannedFile>& files) {
