@@ -31,11 +31,24 @@
 
 namespace warpload {
 
+// Settings of the "3fs" backend (3FS USRBIO); 0 / empty = backend default. The names follow
+// the USRBIO calls they feed (see src/storage/hf3fs_abi.h and docs/3fs.md).
+struct UsrbioOptions {
+  std::string mount_point;           // empty: hf3fs_extract_mount_point() per file
+  unsigned rings = 0;                // rings, each with its own producer thread
+  int entries = 0;                   // entries per ring (hf3fs_iorcreate4 `entries`)
+  int io_depth = 0;                  // hf3fs_iorcreate4 `io_depth`; 0 = as soon as possible
+  std::uint64_t staging_bytes = 0;   // per-ring staging iov, used when a destination is not one
+  std::uint64_t iov_block_size = 0;  // iov `block_size`; 0 = unblocked
+  bool forbid_holes = false;         // HF3FS_IOR_FORBID_READ_HOLES: holes fail instead of zeros
+};
+
 struct StorageOptions {
   bool direct = false;           // O_DIRECT for posix and uring (auto decides for itself)
   unsigned threads = 0;          // worker threads; 0 = backend default
   std::uint64_t block_size = 0;  // bytes per read operation; 0 = backend default
   unsigned queue_depth = 0;      // reads in flight per uring thread; 0 = backend default
+  UsrbioOptions usrbio;          // "3fs" only
 };
 
 // What a backend can do; the loader plans with this, never with dynamic_cast.
@@ -99,6 +112,12 @@ class Storage {
   // Opens `path` for reading the way this backend reads. Throws NotFoundError or IoError.
   [[nodiscard]] virtual std::unique_ptr<StorageFile> open(const std::filesystem::path& path) = 0;
 
+  // Memory this backend reads into without a copy (e.g. 3FS shared-memory iovs), or null when
+  // any host memory will do. The loader allocates destinations from it unless the caller
+  // gave an allocator. Its buffers keep alive whatever they need (they may outlive the
+  // Storage); reads into them from this backend are zero-copy.
+  [[nodiscard]] virtual std::shared_ptr<Allocator> preferred_allocator() { return nullptr; }
+
   // Reads every request completely, in parallel, and returns when all bytes have landed.
   // Short reads, EINTR and EAGAIN are retried. Throws IoError naming the file and the byte
   // offset of the first failure, CancelledError if control->cancel was set; on a throw no
@@ -117,6 +136,9 @@ class StorageWrapper : public Storage {
   [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
     return target_->open(path);
   }
+  [[nodiscard]] std::shared_ptr<Allocator> preferred_allocator() override {
+    return target_->preferred_allocator();
+  }
   void read(std::span<const ReadRequest> requests, ReadControl* control) override {
     target_->read(requests, control);
   }
@@ -128,7 +150,7 @@ class StorageWrapper : public Storage {
   std::unique_ptr<Storage> target_;
 };
 
-// Creates a backend by name ("posix", "uring", "mmap", "auto").
+// Creates a backend by name ("posix", "uring", "mmap", "auto", "3fs").
 // Throws UnsupportedError for an unknown name or one this kernel cannot run (the message
 // lists the available ones).
 [[nodiscard]] std::unique_ptr<Storage> make_storage(std::string_view name,

@@ -168,8 +168,9 @@ LoadStats Loader::load() {
   std::shared_ptr<Storage> storage = s.options.custom_storage
                                          ? s.options.custom_storage
                                          : make_storage(s.options.backend, s.options.storage);
-  std::shared_ptr<Allocator> allocator =
-      s.options.allocator ? s.options.allocator : make_host_allocator();
+  std::shared_ptr<Allocator> allocator = s.options.allocator;
+  if (!allocator) allocator = storage->preferred_allocator();
+  if (!allocator) allocator = make_host_allocator();
   if (allocator->kind() != MemoryKind::kHost && !storage->capabilities().device_memory) {
     throw UnsupportedError("backend '" + storage->capabilities().name +
                            "' cannot read into non-host memory in this build");
