@@ -102,6 +102,8 @@ TEST_P(LoaderBackendTest, LoadsEveryTensorByteExact) {
     files.push_back(write_file(dir / ("shard" + std::to_string(i) + ".safetensors"), specs,
                                100 + i, i % 2 == 0 ? 8 : 1));
   }
+  // "3fs" reads through the USRBIO emulator, which takes a folder holding 3fs-virt/ for a mount.
+  if (param.backend == "3fs") fs::create_directory(dir / "3fs-virt");
   LoadOptions options;
   options.backend = param.backend;
   options.storage.direct = param.direct;
@@ -117,6 +119,11 @@ TEST_P(LoaderBackendTest, LoadsEveryTensorByteExact) {
 
 std::vector<BackendCase> backend_cases() {
   std::vector<BackendCase> out;
+  // The "3fs" backend joins the matrix when the USRBIO emulator is built (it is listed only
+  // when its library loads; the environment is read at each use).
+  if (fs::exists(WARPLOAD_USRBIO_EMULATOR)) {
+    setenv("WARPLOAD_HF3FS_LIB", WARPLOAD_USRBIO_EMULATOR, 1);
+  }
   for (const auto& name : available_storage_names()) {
     out.push_back({name, false});
     if (name == "posix" || name == "uring") out.push_back({name, true});

@@ -120,6 +120,8 @@ void run_uring_reads(ReadTracker& tracker, std::span<const ReadRequest> requests
 [[nodiscard]] std::unique_ptr<Storage> make_uring_storage(const StorageOptions& options);
 [[nodiscard]] std::unique_ptr<Storage> make_mmap_storage(const StorageOptions& options);
 [[nodiscard]] std::unique_ptr<Storage> make_auto_storage(const StorageOptions& options);
+// "3fs": needs the USRBIO client library (storage/hf3fs_shim.hpp); throws what hf3fs_api() throws.
+[[nodiscard]] std::unique_ptr<Storage> make_usrbio_storage(const StorageOptions& options);
 
 // AutoStorage reads files smaller than this buffered whatever their cache state.
 inline constexpr std::uint64_t kAutoDirectMinSize = 64ULL << 20;

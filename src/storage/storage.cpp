@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "storage/backends.hpp"
+#include "storage/hf3fs_shim.hpp"
 #include "warpload/error.hpp"
 
 #ifndef STATX_DIOALIGN
@@ -116,6 +117,8 @@ std::unique_ptr<Storage> make_storage(std::string_view name, const StorageOption
   if (name == "posix") return detail::make_posix_storage(options);
   if (name == "mmap") return detail::make_mmap_storage(options);
   if (name == "uring" && detail::uring_available()) return detail::make_uring_storage(options);
+  // "3fs" reports why its library cannot be used (which library, which symbol).
+  if (name == "3fs") return detail::make_usrbio_storage(options);
 
   std::string names;
   for (const std::string& available : available_storage_names()) {
@@ -130,6 +133,7 @@ std::vector<std::string> available_storage_names() {
   std::vector<std::string> names = {"auto", "posix"};
   if (detail::uring_available()) names.emplace_back("uring");
   names.emplace_back("mmap");
+  if (detail::hf3fs_available()) names.emplace_back("3fs");
   return names;
 }
 
