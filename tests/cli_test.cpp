@@ -14,10 +14,12 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <set>
 #include <sstream>
@@ -27,6 +29,8 @@
 
 #include "support/reference_reader.hpp"
 #include "support/temp_dir.hpp"
+#include "warpload/config.hpp"
+#include "warpload/error.hpp"
 #include "warpload/storage.hpp"
 
 extern char** environ;
@@ -156,6 +160,9 @@ class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     scratch_ = new TempDir;
+    // A developer's own settings file must not change what the CLI does under test.
+    ::setenv("XDG_CONFIG_HOME", (scratch_->path() / "xdg").c_str(), 1);
+    ::unsetenv("WARPLOAD_CONFIG");
     checkpoint_ = new fs::path(scratch_->path() / "ckpt");
     const CliResult r =
         run_cli({"gen", checkpoint_->string(), "--size", "4MiB", "--shards", "3", "--seed", "7"});
@@ -613,6 +620,7 @@ TEST_F(CliTest, BadOptionsAreUsageErrors) {
   expect_failure(run_cli({"load", checkpoint().string(), "--threads", "0"}), 2, "--threads");
   expect_failure(run_cli({"load", checkpoint().string(), "--backend", "mmap", "--direct"}), 2,
                  "--direct");
+  expect_failure(run_cli({"load", checkpoint().string(), "--direct"}), 2, "'auto'");
   expect_failure(run_cli({"load", checkpoint().string(), "--no-such-option"}), 2,
                  "--no-such-option");
   expect_failure(run_cli({"load"}), 2, "PATH");
@@ -675,6 +683,118 @@ TEST_F(CliTest, BenchTextShowsTableAndLimits) {
     EXPECT_NE(r.out.find(text), std::string::npos) << text << "\n" << r.out;
   }
   EXPECT_EQ(r.out.find("uring"), std::string::npos) << r.out;
+}
+
+// ---- tune and the config ----
+
+// Sets an environment variable for the scope (children of run_cli inherit it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST_F(CliTest, TuneWritesAConfigThatLoadUses) {
+  const fs::path config = scratch() / "tuned" / "config.json";
+  const CliResult tune =
+      run_cli({"tune", checkpoint().string(), "--quick", "--config", config.string()});
+  ASSERT_EQ(tune.status, 0) << describe(tune);
+  for (const char* text : {"rank", "settings", "GB/s", "% of best", "100%", "best: "}) {
+    EXPECT_NE(tune.out.find(text), std::string::npos) << text << "\n" << tune.out;
+  }
+  EXPECT_NE(tune.out.find("wrote config: " + config.string()), std::string::npos) << tune.out;
+  EXPECT_NE(tune.err.find("tune: "), std::string::npos) << "progress lines on stderr";
+  const TunedSettings tuned = read_config(config);
+  ASSERT_FALSE(tuned.backend.empty());
+  ASSERT_TRUE(tuned.tuned_on.has_value());
+  EXPECT_GT(tuned.tuned_on->gbps, 0.0);
+  EXPECT_GT(tuned.tuned_on->bytes, 0U);
+
+  const CliResult text = run_cli({"load", checkpoint().string(), "--config", config.string()});
+  ASSERT_EQ(text.status, 0) << describe(text);
+  EXPECT_NE(text.out.find("\nconfig: " + config.string() + "\n"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("(" + tuned.backend), std::string::npos) << text.out;
+
+  const CliResult json =
+      run_cli({"load", checkpoint().string(), "--config", config.string(), "--json"});
+  ASSERT_EQ(json.status, 0) << describe(json);
+  const Json parsed = parse_json(json.out);
+  EXPECT_EQ(json_string(parsed.root["config"]), config.string());
+  EXPECT_EQ(json_string(parsed.root["backend"]), tuned.backend);
+  EXPECT_EQ(bool(parsed.root["direct"]), tuned.storage.direct);
+  EXPECT_EQ(std::uint64_t(parsed.root["options"]["block_size"]), tuned.storage.block_size);
+
+  {  // WARPLOAD_CONFIG finds it too; an explicit other backend does not use it.
+    const ScopedEnv env("WARPLOAD_CONFIG", config.string());
+    const CliResult from_env = run_cli({"load", checkpoint().string(), "--json"});
+    ASSERT_EQ(from_env.status, 0) << describe(from_env);
+    EXPECT_EQ(json_string(parse_json(from_env.out).root["config"]), config.string());
+    const CliResult other = run_cli({"load", checkpoint().string(), "--backend", "mmap", "--json"});
+    ASSERT_EQ(other.status, 0) << describe(other);
+    EXPECT_TRUE(parse_json(other.out).root["config"].is_null()) << other.out;
+  }
+  // Without a config, nothing is reported.
+  const CliResult plain = run_cli({"load", checkpoint().string()});
+  ASSERT_EQ(plain.status, 0) << describe(plain);
+  EXPECT_EQ(plain.out.find("config: "), std::string::npos) << plain.out;
+  EXPECT_TRUE(
+      parse_json(run_cli({"load", checkpoint().string(), "--json"}).out).root["config"].is_null());
+}
+
+TEST_F(CliTest, TuneWritesTheDefaultLocationForOneBackend) {
+  const TempDir xdg;
+  const ScopedEnv env("XDG_CONFIG_HOME", xdg.path().string());
+  const CliResult tune = run_cli({"tune", checkpoint().string(), "--quick", "--backend", "posix"});
+  ASSERT_EQ(tune.status, 0) << describe(tune);
+  const fs::path expected = xdg.path() / "warpload" / "config.json";
+  EXPECT_NE(tune.out.find("wrote config: " + expected.string()), std::string::npos) << tune.out;
+  EXPECT_EQ(tune.out.find("uring"), std::string::npos) << tune.out;
+  EXPECT_EQ(read_config(expected).backend, "posix");
+  const CliResult load = run_cli({"load", checkpoint().string()});
+  ASSERT_EQ(load.status, 0) << describe(load);
+  EXPECT_NE(load.out.find("config: " + expected.string()), std::string::npos) << load.out;
+  // bench ignores it and says so.
+  const CliResult bench =
+      run_cli({"bench", checkpoint().string(), "--runs", "1", "--backends", "posix"});
+  ASSERT_EQ(bench.status, 0) << describe(bench);
+  EXPECT_NE(bench.out.find("built-in defaults"), std::string::npos) << bench.out;
+}
+
+TEST_F(CliTest, BadConfigsAndTuneArgumentsFail) {
+  const fs::path missing = scratch() / "no-such-config.json";
+  expect_failure(run_cli({"load", checkpoint().string(), "--config", missing.string()}), 4,
+                 missing.string());
+  {
+    const ScopedEnv env("WARPLOAD_CONFIG", missing.string());
+    expect_failure(run_cli({"load", checkpoint().string()}), 4, "WARPLOAD_CONFIG");
+  }
+  const fs::path bad = scratch() / "bad-config.json";
+  std::ofstream(bad) << R"({"threads": "many"})";
+  expect_failure(run_cli({"load", checkpoint().string(), "--config", bad.string()}), 3,
+                 bad.string());
+  expect_failure(run_cli({"load", checkpoint().string(), "--config", bad.string()}), 3,
+                 "invalid_config");
+  expect_failure(run_cli({"tune", checkpoint().string(), "--backend", "floppy"}), 2, "floppy");
+  expect_failure(run_cli({"tune", checkpoint().string(), "--runs", "0"}), 2, "--runs");
+  expect_failure(run_cli({"tune"}), 2, "PATH");
+  expect_failure(run_cli({"tune", (scratch() / "missing").string(), "--config",
+                          (scratch() / "x.json").string()}),
+                 4, "missing");
 }
 
 }  // namespace

@@ -49,6 +49,7 @@ enum class FormatRule : std::uint8_t {
   kMetadataIncompleteBuffer,  // 8 + N + data length != file length
   kDuplicateTensor,        // the same tensor name in two files of one load
   kInvalidIndex,           // model.safetensors.index.json is malformed or inconsistent
+  kInvalidConfig,          // a warpload settings file (config.hpp) is malformed or mistyped
 };
 
 [[nodiscard]] std::string_view format_rule_name(FormatRule rule) noexcept;

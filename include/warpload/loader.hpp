@@ -1,6 +1,6 @@
 // The Loader: many safetensors files, one plan, one load, zero-copy tensor views.
 //
-//   warpload::Loader loader;                        // default: backend "auto", host memory
+//   warpload::Loader loader;                        // default: config's backend, else "auto"
 //   loader.add("/models/llama");                    // file, directory, or index.json
 //   loader.load();                                  // reads every tensor's bytes
 //   warpload::TensorView w = loader.tensor("lm_head.weight");
@@ -37,9 +37,17 @@
 
 namespace warpload {
 
+// Settings file (warpload/config.hpp): at load(), unless use_config is false or
+// custom_storage is set, the loader finds a config (`config`, else $WARPLOAD_CONFIG, else the
+// default location) and applies it: explicit settings here win, then the config, then the
+// backends' defaults. `backend` "" means "the config's backend, else auto"; fields of
+// `storage` left 0 take the config's values when its backend is the one used; the config's
+// `direct` applies only when `backend` is "". LoadStats says what was applied.
 struct LoadOptions {
-  std::string backend = "auto";          // see make_storage()
+  std::string backend;                   // see make_storage(); "" = config's, else "auto"
   StorageOptions storage;                // threads, block size, queue depth, O_DIRECT
+  std::filesystem::path config;          // explicit settings file; must exist when set
+  bool use_config = true;                // false: ignore every settings file
   std::shared_ptr<Allocator> allocator;  // null = make_host_allocator()
   // A ready backend (e.g. a decorated one); when set, `backend` and `storage` are ignored.
   std::shared_ptr<Storage> custom_storage;
@@ -78,6 +86,12 @@ struct LoadStats {
   std::string backend;      // resolved backend name
   std::size_t files = 0;
   std::size_t direct_files = 0;  // files read with O_DIRECT (how "auto" resolved)
+  // The settings file whose settings were applied; empty when none was (no file found,
+  // use_config false, custom_storage, or a config for another backend than the one asked).
+  std::filesystem::path config;
+  // The options the backend was created with, after applying the config (0 = backend's
+  // default). Unset when custom_storage was given.
+  StorageOptions storage;
   [[nodiscard]] double gbps() const noexcept {
     return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
   }

@@ -1,6 +1,7 @@
 // Umbrella header: the whole public API of warpload.
 #pragma once
 
+#include "warpload/config.hpp"
 #include "warpload/dtype.hpp"
 #include "warpload/error.hpp"
 #include "warpload/format.hpp"

@@ -31,6 +31,8 @@ std::string_view format_rule_name(FormatRule rule) noexcept {
       return "duplicate_tensor";
     case FormatRule::kInvalidIndex:
       return "invalid_index";
+    case FormatRule::kInvalidConfig:
+      return "invalid_config";
   }
   return "unknown_rule";
 }

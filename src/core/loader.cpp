@@ -5,11 +5,13 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
 
 #include "core/file_set.hpp"
+#include "warpload/config.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload {
@@ -165,9 +167,26 @@ LoadStats Loader::load() {
   State& s = *state_;
   if (s.loaded) throw UnsupportedError("load() called on a loaded Loader; release() first");
 
-  std::shared_ptr<Storage> storage = s.options.custom_storage
-                                         ? s.options.custom_storage
-                                         : make_storage(s.options.backend, s.options.storage);
+  std::shared_ptr<Storage> storage = s.options.custom_storage;
+  ResolvedSettings settings;
+  std::filesystem::path config_path;
+  if (!storage) {
+    std::optional<TunedSettings> config;
+    if (s.options.use_config) {
+      if (auto found = find_config_file(s.options.config)) {
+        config = read_config(*found);
+        config_path = *found;
+      }
+    }
+    settings = apply_config(s.options.backend, s.options.storage, config ? &*config : nullptr);
+    if (!settings.from_config) config_path.clear();
+    try {
+      storage = make_storage(settings.backend, settings.storage);
+    } catch (const UnsupportedError& e) {
+      if (!settings.from_config || !s.options.backend.empty()) throw;
+      throw UnsupportedError(config_path.string() + ": the config's backend: " + e.what());
+    }
+  }
   std::shared_ptr<Allocator> allocator = s.options.allocator;
   if (!allocator) allocator = storage->preferred_allocator();
   if (!allocator) allocator = make_host_allocator();
@@ -243,6 +262,8 @@ LoadStats Loader::load() {
   stats.backend = storage->capabilities().name;
   stats.files = s.files.size();
   stats.direct_files = direct_files;
+  stats.config = std::move(config_path);
+  stats.storage = settings.storage;
   return stats;
 }
 

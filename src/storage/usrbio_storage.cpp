@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -158,6 +160,9 @@ class IovAllocator final : public Allocator {
       // copy per I/O instead of none.
       return host_->allocate(size, alignment);
     }
+    // Like host buffers, ask for huge pages: reading into fresh memory is mostly page faults.
+    // Shared memory gets them only where the kernel allows (shmem_enabled = advise or always).
+    ::madvise(iov->base, bytes, MADV_HUGEPAGE);
     auto* data = reinterpret_cast<std::byte*>(iov->base);
     if (slack != 0) {
       const auto address = reinterpret_cast<std::uintptr_t>(data);

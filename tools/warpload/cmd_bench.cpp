@@ -82,6 +82,7 @@ LoadStats load_once(const BenchRow& row, const std::vector<fs::path>& paths) {
   LoadOptions options;
   options.backend = row.backend;
   options.storage.direct = row.direct;
+  options.use_config = false;  // bench measures the built-in defaults, never a tuned config
   Loader loader(std::move(options));
   loader.add(paths);
   LoadStats stats = loader.load();
@@ -253,6 +254,7 @@ void print_text(const BenchResult& r) {
   out += fmt::format("files: {}, bytes: {} ({}); best of {} run{}; page cache dropped with: {}\n",
                      r.files, r.bytes, format_bytes(r.bytes), r.runs, r.runs == 1 ? "" : "s",
                      cache_drop_name(r.cache_drop));
+  out += "settings: built-in defaults (any config file is ignored; see warpload tune)\n";
   for (const BenchRow& row : r.rows) {
     // Say what "auto" (or any backend that picks for itself) turned out to be.
     const std::string as_asked = row.direct ? row.backend + ", O_DIRECT" : row.backend;
@@ -287,7 +289,8 @@ void print_json(const BenchResult& r) {
       .field("bytes", r.bytes)
       .field("file_bytes", r.file_bytes)
       .field("runs", r.runs)
-      .field("cache_drop", cache_drop_name(r.cache_drop));
+      .field("cache_drop", cache_drop_name(r.cache_drop))
+      .field("uses_config", false);
   optional_field(w, "cold_limit_gbps", r.cold_limit);
   optional_field(w, "warm_limit_gbps", r.warm_limit);
   const std::optional<double> mmap_warm = r.mmap_warm();

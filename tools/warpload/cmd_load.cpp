@@ -1,11 +1,12 @@
 // warpload load PATH... [--backend NAME] [--direct] [--threads N] [--block-size B]
-//                       [--queue-depth Q] [--hash] [--json]
+//                       [--queue-depth Q] [--config FILE] [--hash] [--json]
 
 #include <fmt/core.h>
 #include <sys/resource.h>
 #include <xxhash.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "progress.hpp"
 #include "text_table.hpp"
 #include "units.hpp"
+#include "warpload/config.hpp"
 #include "warpload/loader.hpp"
 
 namespace warpload::cli {
@@ -45,15 +47,22 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
       .field("seconds", stats.seconds)
       .field("gbps", stats.gbps())
       .field("backend", stats.backend)
-      .field("direct", options.direct)
+      .field("direct", stats.storage.direct)
       .field("direct_files", static_cast<std::uint64_t>(stats.direct_files))
       .field("files", static_cast<std::uint64_t>(stats.files))
       .field("peak_rss_bytes", peak_rss_bytes());
+  w.key("config");
+  if (stats.config.empty()) {
+    w.null();
+  } else {
+    w.value(stats.config.string());
+  }
+  // What the load ran with: the command line's settings, then the config's (0 = default).
   w.key("options")
       .begin_object()
-      .field("threads", options.threads)
-      .field("block_size", options.block_size)
-      .field("queue_depth", options.queue_depth)
+      .field("threads", stats.storage.threads)
+      .field("block_size", stats.storage.block_size)
+      .field("queue_depth", stats.storage.queue_depth)
       .end_object();
   w.key("tensors").begin_array();
   for (const LoadedTensor& t : tensors) {
@@ -105,7 +114,10 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
   out += fmt::format("loaded {} bytes ({}), {} tensors from {} file{} in {}: {:.2f} GB/s ({})\n",
                      stats.bytes, format_bytes(stats.bytes), tensors.size(), stats.files,
                      stats.files == 1 ? "" : "s", format_seconds(stats.seconds), stats.gbps(),
-                     describe_backend(stats, options.direct));
+                     describe_backend(stats, stats.storage.direct));
+  if (!stats.config.empty()) {
+    out += fmt::format("config: {}\n", stats.config.string());
+  }
   const std::uint64_t rss = peak_rss_bytes();
   out += fmt::format(
       "peak RSS {} ({:+.1f}% over the bytes loaded)\n", format_bytes(rss),
@@ -127,13 +139,26 @@ std::string describe_backend(const LoadStats& stats, bool direct) {
 }
 
 void run_load(const LoadCommandOptions& options) {
-  check_backend_name(options.backend, available_storage_names(), "--backend");
-  if (options.direct && !backend_takes_direct(options.backend)) {
-    throw UsageError(fmt::format("--direct does not apply to backend '{}'", options.backend));
+  if (!options.backend.empty()) {
+    check_backend_name(options.backend, available_storage_names(), "--backend");
+  }
+  if (options.direct) {
+    // Without --backend the config picks the backend: resolve it the way the loader will.
+    std::string backend = options.backend;
+    if (backend.empty()) {
+      const std::optional<std::filesystem::path> found = find_config_file(options.config);
+      const std::optional<TunedSettings> config =
+          found ? std::optional<TunedSettings>(read_config(*found)) : std::nullopt;
+      backend = apply_config("", {}, config ? &*config : nullptr).backend;
+    }
+    if (!backend_takes_direct(backend)) {
+      throw UsageError(fmt::format("--direct does not apply to backend '{}'", backend));
+    }
   }
 
   LoadOptions load_options;
   load_options.backend = options.backend;
+  load_options.config = options.config;
   load_options.storage.direct = options.direct;
   load_options.storage.threads = options.threads;
   load_options.storage.block_size = options.block_size;

@@ -34,7 +34,8 @@ void run_inspect(const InspectOptions& options);
 
 struct LoadCommandOptions {
   std::vector<std::filesystem::path> paths;
-  std::string backend = "auto";
+  std::string backend;           // "" = the config's backend, else auto
+  std::filesystem::path config;  // --config FILE; empty = WARPLOAD_CONFIG or default location
   bool direct = false;
   unsigned threads = 0;          // 0 = backend default
   std::uint64_t block_size = 0;  // 0 = backend default
@@ -51,6 +52,15 @@ struct BenchOptions {
   std::vector<std::string> backends;  // empty = every available backend
 };
 void run_bench(const BenchOptions& options);
+
+struct TuneOptions {
+  std::vector<std::filesystem::path> paths;
+  std::string backend;           // "" = try posix, uring, uring --direct (and 3fs if available)
+  std::filesystem::path config;  // where to write; empty = WARPLOAD_CONFIG or default location
+  unsigned runs = 1;             // runs per candidate; the best counts
+  bool quick = false;            // fewer values per parameter
+};
+void run_tune(const TuneOptions& options);
 
 struct GenOptions {
   std::filesystem::path dir;

@@ -1,4 +1,4 @@
-// warpload: inspect, load, benchmark and generate safetensors checkpoints.
+// warpload: inspect, load, benchmark, tune and generate safetensors checkpoints.
 //
 // Parses the command line with CLI11 and runs one subcommand. Every failure ends as one line
 // "warpload: <message>" on stderr and a distinct exit status (see kExitStatusHelp).
@@ -127,8 +127,9 @@ int run(int argc, char** argv) {
       ->add_option("PATH", load_paths,
                    "safetensors file, directory of shards, or model.safetensors.index.json")
       ->required();
-  load_cmd->add_option("--backend", load.backend, "storage backend: auto, posix, uring, mmap")
-      ->capture_default_str();
+  load_cmd->add_option("--backend", load.backend,
+                       "storage backend: auto, posix, uring, mmap (default: the config's, else "
+                       "auto)");
   load_cmd->add_flag("--direct", load.direct, "open files with O_DIRECT (posix, uring)");
   load_cmd->add_option("--threads", load.threads, "worker threads (default: backend's)")
       ->check(CLI::Range(1U, 1024U));
@@ -138,6 +139,9 @@ int run(int argc, char** argv) {
       ->transform(size_transform());
   load_cmd->add_option("--queue-depth", load.queue_depth, "uring reads in flight per thread")
       ->check(CLI::Range(1U, 65536U));
+  load_cmd->add_option("--config", load.config,
+                       "settings file from `warpload tune` (default: $WARPLOAD_CONFIG, else "
+                       "~/.config/warpload/config.json if it exists)");
   load_cmd->add_flag("--hash", load.hash, "print XXH3-64 of every tensor (after the timing)");
   load_cmd->add_flag("--json", load.json, "print one JSON object");
 
@@ -158,6 +162,24 @@ int run(int argc, char** argv) {
                    "comma-separated backends to measure (default: all available)")
       ->delimiter(',');
 
+  std::vector<std::string> tune_paths;
+  cli::TuneOptions tune;
+  CLI::App* tune_cmd = app.add_subcommand(
+      "tune", "Measure backend settings on these files and save the fastest as the config");
+  tune_cmd
+      ->add_option("PATH", tune_paths,
+                   "safetensors file, directory of shards, or model.safetensors.index.json")
+      ->required();
+  tune_cmd->add_option("--backend", tune.backend,
+                       "tune only this backend (default: posix, uring, uring --direct)");
+  tune_cmd->add_option("--config", tune.config,
+                       "file to write (default: $WARPLOAD_CONFIG, else "
+                       "~/.config/warpload/config.json)");
+  tune_cmd->add_option("--runs", tune.runs, "runs per candidate; the best counts")
+      ->capture_default_str()
+      ->check(CLI::Range(1U, 100U));
+  tune_cmd->add_flag("--quick", tune.quick, "fewer values per parameter");
+
   std::string gen_dir;
   cli::GenOptions gen;
   CLI::App* gen_cmd =
@@ -177,8 +199,9 @@ int run(int argc, char** argv) {
       return app.exit(e);  // --help, --version
     }
     if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
-      return fail(kUsage, fmt::format("unknown command '{}' (commands: inspect, load, bench, gen)",
-                                      argv[1]));
+      return fail(
+          kUsage,
+          fmt::format("unknown command '{}' (commands: inspect, load, bench, tune, gen)", argv[1]));
     }
     return fail(kUsage, fmt::format("{} (see warpload --help)", e.what()));
   }
@@ -195,6 +218,9 @@ int run(int argc, char** argv) {
   } else if (bench_cmd->parsed()) {
     bench.paths = to_paths(bench_paths);
     cli::run_bench(bench);
+  } else if (tune_cmd->parsed()) {
+    tune.paths = to_paths(tune_paths);
+    cli::run_tune(tune);
   } else if (gen_cmd->parsed()) {
     gen.dir = gen_dir;
     cli::run_gen(gen);
