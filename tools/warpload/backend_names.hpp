@@ -23,10 +23,10 @@ inline void check_backend_name(std::string_view name, const std::vector<std::str
                                name, fmt::join(available, ", ")));
 }
 
-// Backends that read through their own mapping or choose O_DIRECT themselves: --direct means
-// nothing to them.
+// Only the descriptor-based backends take --direct: mmap reads through its mapping, auto
+// chooses for itself, and 3fs reads through USRBIO, which bypasses the page cache anyway.
 [[nodiscard]] inline bool backend_takes_direct(std::string_view name) noexcept {
-  return name != "mmap" && name != "auto";
+  return name == "posix" || name == "uring";
 }
 
 }  // namespace warpload::cli
