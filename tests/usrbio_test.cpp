@@ -296,7 +296,7 @@ TEST_F(Usrbio, IoDepthThatCouldHangIsRejected) {
 }
 
 // The emulator refuses an I/O that crosses an iov block (as 3FS does); the backend avoids it.
-TEST_F(Usrbio, BlockBoundariesAreNeverCrossed) {
+TEST_F(Usrbio, RingFullAndBlockBoundariesFollowTheAbi) {
   const detail::Hf3fsApi& api = detail::hf3fs_api();
   const std::string mount = mount_.path().string();
   const WrittenFile file = write_file(mount_ / "a.safetensors", 2, 1 << 20, 5);
@@ -310,6 +310,22 @@ TEST_F(Usrbio, BlockBoundariesAreNeverCrossed) {
     EXPECT_LE(api.reg_fd(fd, 0), 0);
     EXPECT_EQ(api.reg_fd(fd, 0), EINVAL);  // already registered: a positive errno
     EXPECT_EQ(api.prep_io(&ior, &iov, true, iov.base + 1000, fd, 0, 64 << 10, nullptr), -EINVAL);
+    // A full ring refuses the next I/O with -EAGAIN until its completions are reaped.
+    for (int i = 0; i < 4; ++i) {
+      EXPECT_GE(api.prep_io(&ior, &iov, true, iov.base + i * 4096, fd, i * 4096, 4096, nullptr), 0);
+    }
+    EXPECT_EQ(api.prep_io(&ior, &iov, true, iov.base, fd, 0, 4096, nullptr), -EAGAIN);
+    ASSERT_EQ(api.submit_ios(&ior), 0);
+    hf3fs_cqe cqes[4];
+    for (int reaped = 0; reaped < 4;) {
+      const int n = api.wait_for_ios(&ior, cqes, 4, 4 - reaped, nullptr);
+      ASSERT_GT(n, 0);
+      for (int i = 0; i < n; ++i) EXPECT_EQ(cqes[i].result, 4096);
+      reaped += n;
+    }
+    EXPECT_GE(api.prep_io(&ior, &iov, true, iov.base, fd, 0, 4096, nullptr), 0);
+    ASSERT_EQ(api.submit_ios(&ior), 0);
+    ASSERT_EQ(api.wait_for_ios(&ior, cqes, 4, 1, nullptr), 1);
     api.dereg_fd(fd);
     EXPECT_EQ(api.prep_io(&ior, &iov, true, iov.base, fd, 0, 100, nullptr), -EBADF);
     ::close(fd);
