@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/unique_fd.hpp"
 #include "warpload/error.hpp"
 #include "warpload/format.hpp"
 
@@ -449,29 +450,13 @@ Header parse_json_header(const char* json, std::uint64_t header_length, std::siz
 
 // ---- file reading ----------------------------------------------------------------------------
 
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) noexcept : fd_(fd) {}
-  ~FileDescriptor() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-  }
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  [[nodiscard]] int get() const noexcept { return fd_; }
-
- private:
-  int fd_;
-};
-
 std::string errno_text(int error_number) {
   return cat(std::strerror(error_number), " (errno ", error_number, ")");
 }
 
 // Reads exactly `size` bytes at `offset`, retrying short reads and EINTR.
-void read_exact(const FileDescriptor& fd, void* destination, std::size_t size, std::uint64_t offset,
-                const std::string& path) {
+void read_exact(const detail::UniqueFd& fd, void* destination, std::size_t size,
+                std::uint64_t offset, const std::string& path) {
   auto* out = static_cast<char*>(destination);
   std::size_t done = 0;
   while (done < size) {
@@ -534,7 +519,7 @@ Header parse_header(std::span<const std::byte> prefix, std::uint64_t file_size,
 
 Header read_header(const std::filesystem::path& path) {
   const std::string name = path.string();
-  const FileDescriptor fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
+  const detail::UniqueFd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     const int error_number = errno;
     if (error_number == ENOENT || error_number == ENOTDIR) {

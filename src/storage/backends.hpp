@@ -13,6 +13,7 @@
 #include <string>
 #include <utility>
 
+#include "common/unique_fd.hpp"
 #include "storage/read_tracker.hpp"
 #include "warpload/storage.hpp"
 
@@ -33,20 +34,6 @@ inline constexpr unsigned kUringQueueDepth = 32;
 // the fresh destination on the submitting thread, which one thread cannot do at disk speed
 // (cold 2 GiB: one ring 1.4-1.5 GB/s, two rings 1.8-1.9 GB/s).
 inline constexpr unsigned kUringThreads = 2;
-
-// Closes a descriptor on scope exit unless released.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) noexcept : fd_(fd) {}
-  ~UniqueFd();
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  [[nodiscard]] int get() const noexcept { return fd_; }
-  [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 // An open regular file: descriptor (owned by the caller), size and alignment.
 struct OpenedFile {

@@ -32,10 +32,6 @@ std::int64_t StorageFile::read_some(std::byte* dest, std::size_t size,
 
 namespace detail {
 
-UniqueFd::~UniqueFd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
 namespace {
 
 [[noreturn]] void throw_open_error(const std::filesystem::path& path, int error_number) {

@@ -11,9 +11,8 @@
 // errors are judged as for every other backend. A worker never destroys its ring with I/Os in
 // flight: it drains them first (bounded by the same deadline).
 #include <fcntl.h>
-#include <unistd.h>
-
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
