@@ -120,6 +120,8 @@ class Usrbio : public ::testing::Test {
   void TearDown() override {
     unsetenv("WARPLOAD_EMU_FAIL_OFFSET");
     unsetenv("WARPLOAD_EMU_MAX_IO_BYTES");
+    unsetenv("WARPLOAD_EMU_DELAY_OFFSET");
+    unsetenv("WARPLOAD_EMU_DELAY_MS");
   }
 
   // Every iov, ring and descriptor made since SetUp is gone.
@@ -371,6 +373,36 @@ TEST_F(Usrbio, ReadErrorNamesFileAndOffset) {
     }
     expect_nothing_leaked();
   }
+}
+
+// A daemon that stops completing I/O: the ring gives up after the stall timeout with an error
+// naming the file and the offset of the oldest read in flight, and still collects that read
+// before tearing the ring down (nothing leaked, nothing written after return).
+TEST_F(Usrbio, StalledRingTimesOutNamingFileAndOffset) {
+  const WrittenFile file = write_file(mount_ / "slow.safetensors", 2, 1 << 20, 11);
+  const std::uint64_t slow_at = fs::file_size(file.path) / 2;
+  setenv("WARPLOAD_EMU_DELAY_OFFSET", std::to_string(slow_at).c_str(), 1);
+  setenv("WARPLOAD_EMU_DELAY_MS", "1500", 1);
+  LoadOptions options = options_3fs();
+  options.storage.block_size = 256 << 10;
+  options.storage.usrbio.rings = 1;
+  options.storage.usrbio.stall_timeout_ms = 300;
+  {
+    Loader loader(options);
+    loader.add(file.path);
+    try {
+      static_cast<void>(loader.load());
+      ADD_FAILURE() << "expected a timeout";
+    } catch (const IoError& e) {
+      EXPECT_EQ(e.error_number(), ETIMEDOUT);
+      EXPECT_NE(std::string(e.what()).find(file.path.string()), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("timed out"), std::string::npos) << e.what();
+      EXPECT_LE(e.offset(), slow_at);
+      EXPECT_GT(e.offset() + (256 << 10), slow_at);
+    }
+    EXPECT_FALSE(loader.loaded());
+  }
+  expect_nothing_leaked();
 }
 
 TEST_F(Usrbio, EarlyEndOfFileNamesFileAndOffset) {

@@ -41,6 +41,7 @@ struct UsrbioOptions {
   std::uint64_t staging_bytes = 0;   // per-ring staging iov, used when a destination is not one
   std::uint64_t iov_block_size = 0;  // iov `block_size`; 0 = unblocked
   bool forbid_holes = false;         // HF3FS_IOR_FORBID_READ_HOLES: holes fail instead of zeros
+  unsigned stall_timeout_ms = 0;     // a ring with no completion this long fails; 0 = 60 s
 };
 
 struct StorageOptions {

@@ -39,8 +39,9 @@ constexpr unsigned kDefaultRings = 2;
 constexpr int kDefaultEntries = 64;
 constexpr std::uint64_t kDefaultChunk = 4ULL << 20;
 constexpr std::uint64_t kDefaultStagingBytes = 16ULL << 20;
-// A ring that completes nothing for this long is declared stalled (IoError "timed out").
-constexpr std::chrono::seconds kStallTimeout{60};
+// By default, a ring that completes nothing for this long is declared stalled (IoError
+// "timed out"); UsrbioOptions::stall_timeout_ms overrides it.
+constexpr std::chrono::milliseconds kDefaultStallTimeout{60'000};
 // How long a worker keeps waiting for stragglers before giving its ring up after a failure.
 constexpr std::chrono::seconds kDrainTimeout{60};
 
@@ -237,6 +238,7 @@ struct RingSettings {
   std::uint64_t staging_bytes = kDefaultStagingBytes;
   std::uint64_t chunk = kDefaultChunk;
   std::uint64_t block_size = 0;  // iov block size (staging iov too)
+  std::chrono::milliseconds stall_timeout = kDefaultStallTimeout;
 };
 
 class RingWorker {
@@ -418,11 +420,11 @@ class RingWorker {
       const auto now = std::chrono::steady_clock::now();
       if (reaped > 0) {
         last_progress = now;
-      } else if (now - last_progress > kStallTimeout) {
+      } else if (now - last_progress > settings_.stall_timeout) {
         const ReadOperation& oldest = oldest_in_flight();
         fail(oldest.file->path().string() + ": 3fs read of " + std::to_string(oldest.length) +
                  " bytes at offset " + std::to_string(oldest.offset) + " timed out (" +
-                 std::to_string(kStallTimeout.count()) + " s without a completion)",
+                 std::to_string(settings_.stall_timeout.count()) + " ms without a completion)",
              ETIMEDOUT, oldest.offset);
         return;
       }
@@ -540,6 +542,9 @@ class UsrbioStorage final : public Storage {
         options_.staging_bytes != 0 ? options_.staging_bytes : kDefaultStagingBytes;
     settings_.chunk = chunk_;
     settings_.block_size = options_.iov_block_size;
+    if (options_.stall_timeout_ms != 0) {
+      settings_.stall_timeout = std::chrono::milliseconds(options_.stall_timeout_ms);
+    }
     if (options_.entries < 0) {
       throw UnsupportedError("3fs: entries must be positive (got " +
                              std::to_string(options_.entries) + ")");

@@ -315,9 +315,11 @@ Ring* ring_of(const hf3fs_ior* ior) noexcept {
   return ior == nullptr ? nullptr : static_cast<Ring*>(ior->iorh);
 }
 
-bool fault_hits(const IoSlot& io) {
+// True when the I/O covers the file offset named by env var `offset_var` (and, if
+// WARPLOAD_EMU_FAIL_PATH_SUFFIX is set, its file's path ends with it).
+bool env_offset_hits(const IoSlot& io, const char* offset_var) {
   uint64_t at = 0;
-  if (!env_u64("WARPLOAD_EMU_FAIL_OFFSET", &at)) return false;
+  if (!env_u64(offset_var, &at)) return false;
   if (io.len == 0 || at < io.off || at - io.off >= io.len) return false;
   const char* suffix = std::getenv("WARPLOAD_EMU_FAIL_PATH_SUFFIX");
   if (suffix != nullptr && *suffix != '\0') {
@@ -355,7 +357,12 @@ bool range_has_hole(const IoSlot& io) {
 }
 
 int64_t perform_io(const IoSlot& io, uint64_t ring_flags) {
-  if (fault_hits(io)) return -EIO;
+  uint64_t delay_ms = 0;
+  if (env_offset_hits(io, "WARPLOAD_EMU_DELAY_OFFSET") &&
+      env_u64("WARPLOAD_EMU_DELAY_MS", &delay_ms)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  }
+  if (env_offset_hits(io, "WARPLOAD_EMU_FAIL_OFFSET")) return -EIO;
   if (io.read && (ring_flags & WARPLOAD_HF3FS_IOR_FORBID_READ_HOLES) != 0 && range_has_hole(io))
     return -ENODATA;
   uint64_t want = io.len;
