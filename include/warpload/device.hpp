@@ -1,0 +1,45 @@
+// Devices and their memory: where a load puts tensors.
+//
+// Devices are named "cpu" or "cuda:N" (N the local ordinal, as CUDA_VISIBLE_DEVICES numbers
+// them). CUDA is reached through the driver API loaded at run time (libcuda.so.1, or the
+// path in $WARPLOAD_CUDA_LIB): nothing CUDA is needed to build, and on a machine without a
+// GPU every host feature works while "cuda:N" fails with UnsupportedError naming what is
+// missing. warpload uses the device's primary context (so it shares PyTorch's) and never
+// touches a device it was not asked for.
+//
+// Thread safety: all functions may be called from any thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "warpload/memory.hpp"
+
+namespace warpload {
+
+struct Device {
+  enum class Kind : std::uint8_t { kCpu, kCuda };
+  Kind kind = Kind::kCpu;
+  int index = 0;  // CUDA ordinal; 0 for the CPU
+
+  // "cpu", "cuda" (= cuda:0), "cuda:N". Throws std::invalid_argument for anything else.
+  [[nodiscard]] static Device parse(std::string_view name);
+  [[nodiscard]] std::string name() const;  // "cpu" or "cuda:N"
+  [[nodiscard]] bool is_cuda() const noexcept { return kind == Kind::kCuda; }
+};
+
+// Whether the CUDA driver can be loaded and reports at least one device. noexcept: a missing
+// driver is an answer, not an error.
+[[nodiscard]] bool cuda_available() noexcept;
+
+// Device memory of `device` (cuMemAlloc in its primary context), MemoryKind::kDevice; buffers
+// are aligned to at least 256 bytes. Throws UnsupportedError when CUDA or the device is
+// missing, OutOfMemoryError when an allocation fails.
+[[nodiscard]] std::shared_ptr<Allocator> make_cuda_allocator(Device device);
+
+// Page-locked host memory usable for asynchronous copies to `device`
+// (MemoryKind::kPinnedHost). Same errors as make_cuda_allocator().
+[[nodiscard]] std::shared_ptr<Allocator> make_pinned_allocator(Device device);
+
+}  // namespace warpload
