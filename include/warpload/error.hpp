@@ -36,20 +36,20 @@ enum class ErrorKind : std::uint8_t {
 // The validation rule a file broke. The first eleven mirror the reference parser's error
 // variants, in the order it checks them; the rest are warpload's own checks on top.
 enum class FormatRule : std::uint8_t {
-  kHeaderTooSmall,         // file shorter than the 8-byte length prefix
-  kHeaderTooLarge,         // header length N > 100,000,000
-  kInvalidHeaderLength,    // 8 + N runs past the end of the file
-  kInvalidHeader,          // header bytes are not valid UTF-8
+  kHeaderTooSmall,                // file shorter than the 8-byte length prefix
+  kHeaderTooLarge,                // header length N > 100,000,000
+  kInvalidHeaderLength,           // 8 + N runs past the end of the file
+  kInvalidHeader,                 // header bytes are not valid UTF-8
   kInvalidHeaderDeserialization,  // not JSON, or JSON of the wrong shape / unknown dtype
-  kDuplicateName,          // the same key twice in one header
-  kInvalidOffset,          // sorted tensors do not tile [0, end) without gaps or overlap
-  kValidationOverflow,     // shape product or bit count overflows 64 bits
-  kMisalignedSlice,        // element count x bits is not a whole number of bytes
-  kTensorInvalidInfo,      // end - begin != size implied by dtype and shape
-  kMetadataIncompleteBuffer,  // 8 + N + data length != file length
-  kDuplicateTensor,        // the same tensor name in two files of one load
-  kInvalidIndex,           // model.safetensors.index.json is malformed or inconsistent
-  kInvalidConfig,          // a warpload settings file (config.hpp) is malformed or mistyped
+  kDuplicateName,                 // the same key twice in one header
+  kInvalidOffset,                 // sorted tensors do not tile [0, end) without gaps or overlap
+  kValidationOverflow,            // shape product or bit count overflows 64 bits
+  kMisalignedSlice,               // element count x bits is not a whole number of bytes
+  kTensorInvalidInfo,             // end - begin != size implied by dtype and shape
+  kMetadataIncompleteBuffer,      // 8 + N + data length != file length
+  kDuplicateTensor,               // the same tensor name in two files of one load
+  kInvalidIndex,                  // model.safetensors.index.json is malformed or inconsistent
+  kInvalidConfig,                 // a warpload settings file (config.hpp) is malformed or mistyped
 };
 
 [[nodiscard]] std::string_view format_rule_name(FormatRule rule) noexcept;
@@ -94,14 +94,12 @@ class IoError : public Error {
 
 class UnsupportedError : public Error {
  public:
-  explicit UnsupportedError(const std::string& message)
-      : Error(ErrorKind::kUnsupported, message) {}
+  explicit UnsupportedError(const std::string& message) : Error(ErrorKind::kUnsupported, message) {}
 };
 
 class OutOfMemoryError : public Error {
  public:
-  explicit OutOfMemoryError(const std::string& message)
-      : Error(ErrorKind::kOutOfMemory, message) {}
+  explicit OutOfMemoryError(const std::string& message) : Error(ErrorKind::kOutOfMemory, message) {}
 };
 
 class CancelledError : public Error {

@@ -14,6 +14,13 @@
 // offset in the file would leave it misaligned (only files not written by the reference
 // writer have those) is moved to an aligned side buffer after the read.
 //
+// Device loads (LoadOptions::device "cuda:N"): each file's data section is placed at offset 0
+// of one device Buffer (256-byte aligned), so TensorView::data is a device address
+// (memory == MemoryKind::kDevice), not dereferenceable on the host. A tensor whose offset
+// inside its file's data section is not a multiple of its element size cannot be aligned
+// without a device-to-device copy, so load() refuses it with UnsupportedError naming the file
+// and tensor (the reference writer never produces one).
+//
 // Lifetime: views hold a reference to their buffer, so they stay valid after the Loader is
 // destroyed or release()d. Thread safety: add/plan/load/release are not concurrent with each
 // other; after load() returns, queries are safe from any number of threads.
@@ -44,11 +51,21 @@ namespace warpload {
 // `storage` left 0 take the config's values when its backend is the one used; the config's
 // `direct` applies only when `backend` is "". LoadStats says what was applied.
 struct LoadOptions {
-  std::string backend;                   // see make_storage(); "" = config's, else "auto"
-  StorageOptions storage;                // threads, block size, queue depth, O_DIRECT
-  std::filesystem::path config;          // explicit settings file; must exist when set
-  bool use_config = true;                // false: ignore every settings file
-  std::shared_ptr<Allocator> allocator;  // null = make_host_allocator()
+  std::string backend;           // see make_storage(); "" = config's, else "auto"
+  StorageOptions storage;        // threads, block size, queue depth, O_DIRECT
+  std::filesystem::path config;  // explicit settings file; must exist when set
+  bool use_config = true;        // false: ignore every settings file
+  // Where tensors go: "cpu", or "cuda:N" (warpload/device.hpp, Device::parse; a bad name is
+  // std::invalid_argument at load(), a missing driver or device UnsupportedError).
+  std::string device = "cpu";
+  // null = the backend's preferred_allocator(), else make_host_allocator() for "cpu" and
+  // make_cuda_allocator() for "cuda:N" (an explicit one must then be MemoryKind::kDevice).
+  std::shared_ptr<Allocator> allocator;
+  // Pinned host memory for a CUDA load through a backend that cannot read into device memory
+  // (every backend today): bytes are read into a ring of page-locked slots and copied to the
+  // device asynchronously (src/core/staged_pipeline.hpp). This bounds the host memory such a
+  // load uses, whatever the checkpoint size; at least 2 slots of 64 KiB are used.
+  std::uint64_t staging_bytes = std::uint64_t{256} << 20;
   // A ready backend (e.g. a decorated one); when set, `backend` and `storage` are ignored.
   std::shared_ptr<Storage> custom_storage;
   // Called from a monitor thread about 10 times a second during load(), and once at the
@@ -84,6 +101,7 @@ struct LoadStats {
   std::uint64_t bytes = 0;  // tensor bytes loaded (data sections)
   double seconds = 0;       // wall time of the read phase
   std::string backend;      // resolved backend name
+  std::string device;       // where the tensors are: "cpu" or "cuda:N"
   std::size_t files = 0;
   std::size_t direct_files = 0;  // files read with O_DIRECT (how "auto" resolved)
   // The settings file whose settings were applied; empty when none was (no file found,
@@ -99,7 +117,8 @@ struct LoadStats {
 
 class Loader {
  public:
-  explicit Loader(LoadOptions options = {});
+  Loader();  // default LoadOptions
+  explicit Loader(LoadOptions options);
   ~Loader();
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
@@ -136,6 +155,12 @@ class Loader {
 
   // A view of the whole tensor. Throws NotFoundError; UnsupportedError before load().
   [[nodiscard]] TensorView tensor(std::string_view name) const;
+
+  // Copies the whole tensor's bytes (info(name).nbytes()) to host memory at `dest`: a memcpy
+  // for host loads, a synchronous device-to-host copy (cuMemcpyDtoH) for device loads. For
+  // checks and hashing, not a fast path. Throws like tensor(); std::invalid_argument when
+  // `dest` is smaller than the tensor.
+  void copy_to_host(std::string_view name, std::span<std::byte> dest) const;
 
   // The part of a tensor rank `rank` of `world` holds when split along `dim`: blocks of
   // ceil(size / world) elements, the last rank(s) getting fewer (possibly zero), the same

@@ -4,10 +4,10 @@
 // Buffer and hands out tensor views into it. Buffers are reference-counted (shared_ptr) so a
 // view may keep its buffer alive after the Loader is gone.
 //
-// An Allocator makes Buffers of one MemoryKind. Host memory is the only kind in this build;
-// device memory and pinned host staging buffers plug in as further Allocators without
-// changing the Loader (it asks a Storage whether it can write into the allocator's kind and
-// stages through host memory when it cannot).
+// An Allocator makes Buffers of one MemoryKind: host memory here, CUDA device memory and
+// pinned staging memory in device.hpp, 3FS iovs from the 3fs backend. The Loader asks a
+// Storage whether it can write into the allocator's kind and stages through pinned host
+// memory when it cannot (src/core/staged_pipeline.*).
 //
 // Thread safety: allocate() may be called from any thread; a Buffer's bytes are written by
 // the storage backend during a load and are read-only for callers afterwards.

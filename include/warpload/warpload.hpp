@@ -2,6 +2,7 @@
 #pragma once
 
 #include "warpload/config.hpp"
+#include "warpload/device.hpp"
 #include "warpload/dtype.hpp"
 #include "warpload/error.hpp"
 #include "warpload/format.hpp"

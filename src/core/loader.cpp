@@ -11,7 +11,10 @@
 #include <unordered_map>
 
 #include "core/file_set.hpp"
+#include "core/staged_pipeline.hpp"
+#include "device/cuda_shim.hpp"
 #include "warpload/config.hpp"
+#include "warpload/device.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload {
@@ -99,6 +102,8 @@ struct Loader::State {
   }
 };
 
+Loader::Loader() : Loader(LoadOptions{}) {}
+
 Loader::Loader(LoadOptions options) : state_(std::make_unique<State>()) {
   state_->options = std::move(options);
 }
@@ -166,6 +171,7 @@ bool Loader::loaded() const noexcept { return state_->loaded; }
 LoadStats Loader::load() {
   State& s = *state_;
   if (s.loaded) throw UnsupportedError("load() called on a loaded Loader; release() first");
+  const Device device = Device::parse(s.options.device);
 
   std::shared_ptr<Storage> storage = s.options.custom_storage;
   ResolvedSettings settings;
@@ -188,17 +194,30 @@ LoadStats Loader::load() {
     }
   }
   std::shared_ptr<Allocator> allocator = s.options.allocator;
-  if (!allocator) allocator = storage->preferred_allocator();
-  if (!allocator) allocator = make_host_allocator();
-  if (allocator->kind() != MemoryKind::kHost && !storage->capabilities().device_memory) {
+  if (device.is_cuda()) {
+    if (allocator && allocator->kind() != MemoryKind::kDevice) {
+      throw std::invalid_argument("LoadOptions::allocator must make device memory for device '" +
+                                  device.name() + "'");
+    }
+    if (!allocator) allocator = make_cuda_allocator(device);
+  } else {
+    if (!allocator) allocator = storage->preferred_allocator();
+    if (!allocator) allocator = make_host_allocator();
+  }
+  // A backend that cannot write device memory reaches it through the staged pipeline.
+  const bool staged = device.is_cuda() && !storage->capabilities().device_memory;
+  if (!staged && allocator->kind() != MemoryKind::kHost && !storage->capabilities().device_memory) {
     throw UnsupportedError("backend '" + storage->capabilities().name +
                            "' cannot read into non-host memory in this build");
   }
+  const bool device_buffers = allocator->kind() == MemoryKind::kDevice;
 
   std::vector<std::unique_ptr<StorageFile>> open_files;
   std::vector<ReadRequest> requests;
   std::vector<std::shared_ptr<Buffer>> buffers(s.files.size());
   std::vector<std::byte*> data_starts(s.files.size(), nullptr);
+  std::vector<detail::StagedFile> staged_files;
+  std::uint64_t largest_read = 0;
   open_files.reserve(s.files.size());
 
   for (std::size_t i = 0; i < s.files.size(); ++i) {
@@ -217,11 +236,38 @@ LoadStats Loader::load() {
     const std::uint64_t begin = align_down(h.data_offset(), a);
     const std::uint64_t end = align_up(h.file_size, a);
     const std::uint64_t length = end - begin;
-    buffers[i] =
-        allocator->allocate(std::max<std::uint64_t>(length, 1), std::max<std::uint64_t>(a, 64));
-    data_starts[i] = buffers[i]->data() + (h.data_offset() - begin);
-    if (h.data_size() > 0) {
-      requests.push_back(ReadRequest{file.get(), begin, length, buffers[i]->data()});
+    if (staged) {
+      // The data section goes to offset 0 of the device buffer; the superset is read into
+      // pinned slots and only data-section bytes are copied.
+      buffers[i] = allocator->allocate(std::max<std::uint64_t>(h.data_size(), 1), 256);
+      data_starts[i] = buffers[i]->data();
+      if (h.data_size() > 0) {
+        staged_files.push_back(detail::StagedFile{file.get(), begin, end, h.data_offset(),
+                                                  h.file_size, data_starts[i]});
+        largest_read = std::max(largest_read, length);
+      }
+    } else {
+      buffers[i] = allocator->allocate(std::max<std::uint64_t>(length, 1),
+                                       std::max<std::uint64_t>(a, device_buffers ? 256 : 64));
+      data_starts[i] = buffers[i]->data() + (h.data_offset() - begin);
+      if (h.data_size() > 0) {
+        requests.push_back(ReadRequest{file.get(), begin, length, buffers[i]->data()});
+      }
+    }
+    if (device_buffers) {
+      // Device memory cannot be fixed up with a host memcpy after the read (see loader.hpp).
+      for (const TensorInfo& t : h.tensors) {
+        const std::size_t align = dtype_alignment(t.dtype);
+        if (t.nbytes() == 0 ||
+            reinterpret_cast<std::uintptr_t>(data_starts[i] + t.begin) % align == 0) {
+          continue;
+        }
+        throw UnsupportedError(planned.path.string() + ": tensor '" + t.name + "': offset " +
+                               std::to_string(t.begin) +
+                               " in the data section is not a multiple "
+                               "of its element size (" +
+                               std::to_string(align) + " bytes); device loads cannot realign it");
+      }
     }
     open_files.push_back(std::move(file));
   }
@@ -232,7 +278,13 @@ LoadStats Loader::load() {
   const auto start = std::chrono::steady_clock::now();
   {
     ProgressMonitor monitor(s.options.on_progress, control, s.total_bytes);
-    storage->read(requests, &control);
+    if (staged) {
+      detail::run_staged_load(*storage, staged_files, device,
+                              detail::plan_staging(s.options.staging_bytes, largest_read),
+                              &control);
+    } else {
+      storage->read(requests, &control);
+    }
   }
   const auto stop = std::chrono::steady_clock::now();
   if (s.options.on_progress) s.options.on_progress(s.total_bytes, s.total_bytes);
@@ -240,7 +292,7 @@ LoadStats Loader::load() {
 
   // Views must be aligned to their element size; move the few tensors whose place in the
   // file does not allow that (never the case for files from the reference writer).
-  for (std::size_t i = 0; i < s.files.size(); ++i) {
+  for (std::size_t i = 0; i < s.files.size() && !device_buffers; ++i) {
     for (const TensorInfo& t : s.files[i].header.tensors) {
       const std::size_t align = dtype_alignment(t.dtype);
       std::byte* src = data_starts[i] + t.begin;
@@ -260,6 +312,7 @@ LoadStats Loader::load() {
   stats.bytes = s.total_bytes;
   stats.seconds = std::chrono::duration<double>(stop - start).count();
   stats.backend = storage->capabilities().name;
+  stats.device = device.name();
   stats.files = s.files.size();
   stats.direct_files = direct_files;
   stats.config = std::move(config_path);
@@ -323,6 +376,21 @@ TensorView Loader::tensor(std::string_view name) const {
   }
   v.memory = v.owner->kind();
   return v;
+}
+
+void Loader::copy_to_host(std::string_view name, std::span<std::byte> dest) const {
+  const TensorView v = tensor(name);
+  if (dest.size() < v.nbytes) {
+    throw std::invalid_argument("copy_to_host of '" + v.name + "': " + std::to_string(dest.size()) +
+                                " bytes given for " + std::to_string(v.nbytes));
+  }
+  if (v.nbytes == 0) return;
+  if (v.memory == MemoryKind::kDevice) {
+    detail::copy_to_host(dest.data(), v.data, v.nbytes,
+                         Device::parse(state_->options.device).index);
+  } else {
+    std::memcpy(dest.data(), v.data, v.nbytes);
+  }
 }
 
 TensorView Loader::shard(std::string_view name, int rank, int world, int dim) const {

@@ -1,1 +1,211 @@
-// placeholder: being written
+#include "core/staged_pipeline.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "device/cuda_shim.hpp"
+#include "warpload/error.hpp"
+
+namespace warpload::detail {
+namespace {
+
+constexpr std::uint64_t kSlotGranule = std::uint64_t{64} << 10;  // >= any O_DIRECT alignment
+constexpr std::uint64_t kMaxSlotBytes = std::uint64_t{64} << 20;
+constexpr std::size_t kReaderThreads = 2;
+
+std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+// One slot-sized piece of one file's read range.
+struct Piece {
+  const StagedFile* file;
+  std::uint64_t offset;  // file offset of the read
+  std::uint64_t length;  // bytes read into the slot
+};
+
+std::vector<Piece> cut_into_pieces(std::span<const StagedFile> files, std::uint64_t slot_bytes) {
+  std::vector<Piece> pieces;
+  for (const StagedFile& f : files) {
+    for (std::uint64_t at = f.read_begin; at < f.read_end; at += slot_bytes) {
+      pieces.push_back(Piece{&f, at, std::min(slot_bytes, f.read_end - at)});
+    }
+  }
+  return pieces;
+}
+
+// Rethrows a CUDA failure with the file, byte range and device in front of its message,
+// keeping its kind (OutOfMemoryError stays one).
+[[noreturn]] void rethrow_for(const Error& e, const Piece& piece, Device device) {
+  const std::string message =
+      piece.file->file->path().string() + ": bytes [" + std::to_string(piece.offset) + ", " +
+      std::to_string(piece.offset + piece.length) + ") to " + device.name() + ": " + e.what();
+  if (e.kind() == ErrorKind::kOutOfMemory) throw OutOfMemoryError(message);
+  throw UnsupportedError(message);
+}
+
+// The ring: pinned slots, one stream and one event per slot, and the order in which pieces
+// may take a slot. Its destructor synchronizes every stream before the slots are freed.
+class BounceRing {
+ public:
+  BounceRing(Device device, const StagingPlan& plan) : device_(device) {
+    auto pinned = make_pinned_allocator(device);
+    for (std::size_t i = 0; i < plan.slots; ++i) {
+      slots_.push_back(pinned->allocate(plan.slot_bytes, kSlotGranule));
+      streams_.push_back(std::make_unique<CudaStream>(device.index));
+      events_.push_back(std::make_unique<CudaEvent>(device.index));
+      next_piece_.push_back(i);
+    }
+  }
+  ~BounceRing() { drain(); }
+  BounceRing(const BounceRing&) = delete;
+  BounceRing& operator=(const BounceRing&) = delete;
+
+  [[nodiscard]] std::size_t size() const noexcept { return slots_.size(); }
+
+  // Blocks until piece `p` may use its slot (piece p - size() has queued its copy and
+  // recorded the slot's event), then until that copy has finished. false when the load
+  // stopped meanwhile.
+  [[nodiscard]] bool acquire(std::size_t p) {
+    const std::size_t s = p % size();
+    {
+      std::unique_lock lock(mutex_);
+      turn_.wait(lock, [&] { return stopped_ || next_piece_[s] == p; });
+      if (stopped_) return false;
+    }
+    events_[s]->synchronize();  // the previous copy out of this slot is done
+    return true;
+  }
+
+  // Queues the copy of `bytes` at `offset` into the slot to `dest`, records the slot's event
+  // and hands the slot to piece p + size().
+  void copy_out(std::size_t p, std::uint64_t offset, std::uint64_t bytes, std::byte* dest) {
+    const std::size_t s = p % size();
+    if (bytes > 0) {
+      copy_to_device_async(dest, slots_[s]->data() + offset, bytes, *streams_[s]);
+      events_[s]->record(*streams_[s]);
+    }
+    std::lock_guard lock(mutex_);
+    next_piece_[s] = p + size();
+    turn_.notify_all();
+  }
+
+  [[nodiscard]] std::byte* slot(std::size_t p) const noexcept { return slots_[p % size()]->data(); }
+
+  void stop() noexcept {
+    std::lock_guard lock(mutex_);
+    stopped_ = true;
+    turn_.notify_all();
+  }
+
+  // Waits for every copy queued on slot `s`'s stream; throws its asynchronous error.
+  void synchronize(std::size_t s) const { streams_[s]->synchronize(); }
+
+ private:
+  // Never returns with a copy in flight: a failing stream is still waited for (its error
+  // was or will be reported by synchronize()).
+  void drain() noexcept {
+    for (const auto& stream : streams_) {
+      try {
+        stream->synchronize();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): the error is reported elsewhere
+      }
+    }
+  }
+
+  Device device_;
+  std::vector<std::shared_ptr<Buffer>> slots_;  // destroyed last (members in reverse order)
+  std::vector<std::unique_ptr<CudaStream>> streams_;
+  std::vector<std::unique_ptr<CudaEvent>> events_;
+  std::mutex mutex_;
+  std::condition_variable turn_;
+  std::vector<std::size_t> next_piece_;  // per slot: the piece allowed to take it next
+  bool stopped_ = false;
+};
+
+}  // namespace
+
+StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read) noexcept {
+  std::uint64_t slot = std::clamp<std::uint64_t>(budget / 4, kSlotGranule, kMaxSlotBytes);
+  slot = slot / kSlotGranule * kSlotGranule;
+  slot = std::min(slot, round_up(std::max<std::uint64_t>(largest_read, 1), kSlotGranule));
+  std::uint64_t slots = std::max<std::uint64_t>(2, budget / slot);
+  const std::uint64_t needed = (largest_read + slot - 1) / slot;
+  slots = std::clamp<std::uint64_t>(needed, 2, slots);
+  return StagingPlan{static_cast<std::size_t>(slots), slot};
+}
+
+void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device device,
+                     const StagingPlan& plan, ReadControl* control) {
+  const std::vector<Piece> pieces = cut_into_pieces(files, plan.slot_bytes);
+  if (pieces.empty()) return;
+  BounceRing ring(device, plan);
+
+  std::mutex error_mutex;
+  std::exception_ptr first_error;
+  std::atomic<std::size_t> cursor{0};
+
+  auto reader = [&]() noexcept {
+    std::size_t p = 0;
+    try {
+      while ((p = cursor.fetch_add(1)) < pieces.size()) {
+        bool acquired = false;
+        try {
+          acquired = ring.acquire(p);
+        } catch (const Error& e) {  // the slot's previous copy failed (or the context did)
+          rethrow_for(e, pieces[p >= ring.size() ? p - ring.size() : p], device);
+        }
+        if (!acquired) return;
+        const Piece& piece = pieces[p];
+        if (control != nullptr && control->cancel.load()) {
+          throw CancelledError(piece.file->file->path().string() + ": load cancelled");
+        }
+        const ReadRequest request{piece.file->file, piece.offset, piece.length, ring.slot(p)};
+        storage.read(std::span(&request, 1), control);
+        // The data-section bytes of this piece, and where they go.
+        const StagedFile& f = *piece.file;
+        const std::uint64_t first = std::max(piece.offset, f.data_begin);
+        const std::uint64_t last = std::min(piece.offset + piece.length, f.data_end);
+        try {
+          ring.copy_out(p, first - piece.offset, last > first ? last - first : 0,
+                        f.dest + (first - f.data_begin));
+        } catch (const Error& e) {
+          rethrow_for(e, piece, device);
+        }
+      }
+    } catch (...) {
+      {
+        std::lock_guard lock(error_mutex);
+        if (!first_error) first_error = std::current_exception();
+      }
+      ring.stop();
+    }
+  };
+
+  {
+    std::vector<std::jthread> helpers;
+    try {
+      for (std::size_t i = 1; i < kReaderThreads; ++i) helpers.emplace_back(reader);
+    } catch (...) {
+      ring.stop();
+      throw;
+    }
+    reader();
+  }                                                      // joins the helpers
+  if (first_error) std::rethrow_exception(first_error);  // ~BounceRing drains first
+  for (std::size_t s = 0; s < ring.size() && s < pieces.size(); ++s) {
+    try {
+      ring.synchronize(s);
+    } catch (const Error& e) {  // name the last piece this slot copied
+      const std::size_t last = (pieces.size() - 1 - s) / ring.size() * ring.size() + s;
+      rethrow_for(e, pieces[last], device);
+    }
+  }
+}
+
+}  // namespace warpload::detail

@@ -1,5 +1,5 @@
 // warpload load PATH... [--backend NAME] [--direct] [--threads N] [--block-size B]
-//                       [--queue-depth Q] [--config FILE] [--hash] [--json]
+//                       [--queue-depth Q] [--config FILE] [--device DEV] [--hash] [--json]
 
 #include <fmt/core.h>
 #include <sys/resource.h>
@@ -17,6 +17,7 @@
 #include "text_table.hpp"
 #include "units.hpp"
 #include "warpload/config.hpp"
+#include "warpload/device.hpp"
 #include "warpload/loader.hpp"
 
 namespace warpload::cli {
@@ -47,6 +48,7 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
       .field("seconds", stats.seconds)
       .field("gbps", stats.gbps())
       .field("backend", stats.backend)
+      .field("device", stats.device)
       .field("direct", stats.storage.direct)
       .field("direct_files", static_cast<std::uint64_t>(stats.direct_files))
       .field("files", static_cast<std::uint64_t>(stats.files))
@@ -115,6 +117,7 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
                      stats.bytes, format_bytes(stats.bytes), tensors.size(), stats.files,
                      stats.files == 1 ? "" : "s", format_seconds(stats.seconds), stats.gbps(),
                      describe_backend(stats, stats.storage.direct));
+  if (stats.device != "cpu") out += fmt::format("device: {}\n", stats.device);
   if (!stats.config.empty()) {
     out += fmt::format("config: {}\n", stats.config.string());
   }
@@ -156,9 +159,16 @@ void run_load(const LoadCommandOptions& options) {
     }
   }
 
+  try {
+    (void)Device::parse(options.device);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(fmt::format("--device: {}", e.what()));
+  }
+
   LoadOptions load_options;
   load_options.backend = options.backend;
   load_options.config = options.config;
+  load_options.device = options.device;
   load_options.storage.direct = options.direct;
   load_options.storage.threads = options.threads;
   load_options.storage.block_size = options.block_size;
@@ -175,14 +185,22 @@ void run_load(const LoadCommandOptions& options) {
   const LoadStats stats = loader.load();
   bar.finish();
 
-  // Hashing reads the loaded memory after the timed phase, so it is not in the GB/s.
+  // Hashing reads the loaded memory after the timed phase, so it is not in the GB/s. Device
+  // tensors are first copied back to one reused host buffer.
   std::vector<LoadedTensor> tensors;
+  std::vector<std::byte> host_copy;
   for (const PlannedFile& file : loader.files()) {
     for (const TensorInfo& info : file.header.tensors) {
       LoadedTensor t{&file, &info, 0};
       if (options.hash) {
         const TensorView view = loader.tensor(info.name);
-        t.xxh3 = XXH3_64bits(view.data, view.nbytes);
+        if (view.memory == MemoryKind::kDevice) {
+          host_copy.resize(view.nbytes);
+          loader.copy_to_host(info.name, host_copy);
+          t.xxh3 = XXH3_64bits(host_copy.data(), view.nbytes);
+        } else {
+          t.xxh3 = XXH3_64bits(view.data, view.nbytes);
+        }
       }
       tensors.push_back(t);
     }

@@ -36,6 +36,7 @@ struct LoadCommandOptions {
   std::vector<std::filesystem::path> paths;
   std::string backend;           // "" = the config's backend, else auto
   std::filesystem::path config;  // --config FILE; empty = WARPLOAD_CONFIG or default location
+  std::string device = "cpu";    // "cpu" or "cuda:N" (LoadOptions::device)
   bool direct = false;
   unsigned threads = 0;          // 0 = backend default
   std::uint64_t block_size = 0;  // 0 = backend default

@@ -121,8 +121,8 @@ int run(int argc, char** argv) {
 
   std::vector<std::string> load_paths;
   cli::LoadCommandOptions load;
-  CLI::App* load_cmd =
-      app.add_subcommand("load", "Load every tensor into host memory and report the throughput");
+  CLI::App* load_cmd = app.add_subcommand(
+      "load", "Load every tensor into host or device memory and report the throughput");
   load_cmd
       ->add_option("PATH", load_paths,
                    "safetensors file, directory of shards, or model.safetensors.index.json")
@@ -142,7 +142,12 @@ int run(int argc, char** argv) {
   load_cmd->add_option("--config", load.config,
                        "settings file from `warpload tune` (default: $WARPLOAD_CONFIG, else "
                        "~/.config/warpload/config.json if it exists)");
-  load_cmd->add_flag("--hash", load.hash, "print XXH3-64 of every tensor (after the timing)");
+  load_cmd->add_option("--device", load.device,
+                       "where tensors go: cpu or cuda:N (staged through pinned memory; "
+                       "default: cpu)");
+  load_cmd->add_flag("--hash", load.hash,
+                     "print XXH3-64 of every tensor (after the timing; device tensors are "
+                     "copied back to host first)");
   load_cmd->add_flag("--json", load.json, "print one JSON object");
 
   std::vector<std::string> bench_paths;

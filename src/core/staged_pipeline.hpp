@@ -1,0 +1,63 @@
+// The staged pipeline: how a load reaches device memory when the storage backend cannot read
+// into it (StorageCapabilities::device_memory false, i.e. every backend but a future GDS one).
+//
+//   storage->read() ──► ring of pinned host slots ──► cuMemcpyHtoDAsync ──► device buffer
+//
+// Every file's read range (the same aligned superset the host path reads) is cut into
+// slot-sized pieces, taken in order. For piece p, slot p % slots: wait until the slot's
+// previous copy has completed (its event), read the piece into the slot with the backend's
+// ordinary read() (so every backend, O_DIRECT included, works unchanged), enqueue the copy of
+// the piece's data-section bytes on the slot's stream and record the slot's event. Two reader
+// threads take consecutive pieces, so the reads of the next slots overlap the copies of the
+// previous ones. A slot is reused only after its event completes.
+//
+// Placement: only the data section is copied; file `i`'s byte `data_begin + k` lands at
+// `dest + k`. The header bytes of the aligned superset stay in the slot.
+//
+// Memory: host memory is the ring only (slots x slot bytes of page-locked memory), whatever
+// the checkpoint size.
+//
+// Errors: the first failure (read, CUDA call, asynchronous copy) is rethrown after every
+// stream has been synchronized, so no copy still reads a slot or writes a destination when
+// run_staged_load() returns or throws. Read errors come from the backend (IoError naming the
+// file and offset); CUDA failures are Errors naming the file, the byte range and the device.
+// Cancellation (ReadControl::cancel) throws CancelledError.
+//
+// Thread safety: one call runs one load; it starts and joins its own reader thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "warpload/device.hpp"
+#include "warpload/storage.hpp"
+
+namespace warpload::detail {
+
+// One file's part of a staged load.
+struct StagedFile {
+  StorageFile* file = nullptr;
+  std::uint64_t read_begin = 0;  // aligned superset read from the file: [read_begin, read_end)
+  std::uint64_t read_end = 0;    // (may run past the end of an O_DIRECT file, ReadRequest rules)
+  std::uint64_t data_begin = 0;  // bytes [data_begin, data_end) of the file are copied ...
+  std::uint64_t data_end = 0;
+  std::byte* dest = nullptr;  // ... to device address [dest, dest + data_end - data_begin)
+};
+
+struct StagingPlan {
+  std::size_t slots = 0;         // >= 2
+  std::uint64_t slot_bytes = 0;  // multiple of 64 KiB (so of every file's alignment)
+};
+
+// Slots for a staging budget (bytes of pinned memory, at least 2 x 64 KiB is used whatever
+// the budget): slots of budget / 4 (64 KiB .. 64 MiB), at least 2, no more (and no larger)
+// than the `largest_read` bytes of one file's read range need.
+[[nodiscard]] StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read) noexcept;
+
+// Runs the pipeline for `files` onto `device` (see the top of this file). `control` may be
+// null. Throws as described above.
+void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device device,
+                     const StagingPlan& plan, ReadControl* control);
+
+}  // namespace warpload::detail

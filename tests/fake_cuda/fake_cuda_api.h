@@ -1,0 +1,33 @@
+/* Test-only entry points of the fake CUDA driver (tests/fake_cuda/fake_cuda.cpp), besides the
+ * driver API subset of src/device/cuda_abi.h. Tests reach them with dlopen(WARPLOAD_FAKE_CUDA)
+ * + dlsym (the same handle the shim loaded, so the same state). See README.md. */
+#ifndef WARPLOAD_FAKE_CUDA_API_H_
+#define WARPLOAD_FAKE_CUDA_API_H_
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Live objects, over all devices. */
+typedef long long (*fake_cuda_live_allocations_fn)(void); /* cuMemAlloc not yet freed */
+typedef long long (*fake_cuda_live_device_bytes_fn)(void);
+typedef long long (*fake_cuda_live_pinned_allocations_fn)(void); /* cuMemHostAlloc */
+typedef long long (*fake_cuda_live_pinned_bytes_fn)(void);
+typedef long long (*fake_cuda_live_registrations_fn)(void); /* cuMemHostRegister */
+typedef long long (*fake_cuda_live_streams_fn)(void);
+typedef long long (*fake_cuda_live_events_fn)(void);
+/* Retain count of a device's primary context (0 = inactive). */
+typedef int (*fake_cuda_primary_ctx_refcount_fn)(int device);
+/* Async copies executed since the last reset, and how many read pageable (not pinned or
+ * registered) host memory. */
+typedef long long (*fake_cuda_async_copies_fn)(void);
+typedef long long (*fake_cuda_pageable_async_copies_fn)(void);
+/* Re-reads FAKE_CUDA_FAIL_ALLOC_AFTER / FAKE_CUDA_FAIL_COPY_AFTER / FAKE_CUDA_COPY_DELAY_US,
+ * restarts the injection counters and clears sticky errors. Does not touch live objects. */
+typedef void (*fake_cuda_reset_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* WARPLOAD_FAKE_CUDA_API_H_ */
