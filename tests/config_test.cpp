@@ -189,7 +189,7 @@ TEST_F(ConfigTest, ExplicitSettingsBeatTheConfigWhichBeatsDefaults) {
     EXPECT_TRUE(stats.config.empty());
   }
   {  // no config anywhere: auto
-    const LoadStats stats = load({});
+    const LoadStats stats = load(LoadOptions());
     EXPECT_EQ(stats.backend, "auto");
     EXPECT_TRUE(stats.config.empty());
   }
@@ -232,7 +232,7 @@ TEST_F(ConfigTest, FoundThroughEnvironmentAndDefaultLocation) {
 
   write_config(default_location(), posix_settings());
   EXPECT_EQ(find_config_file(), default_location());
-  EXPECT_EQ(load({}).config, default_location());
+  EXPECT_EQ(load(LoadOptions()).config, default_location());
 
   const fs::path from_env = dir() / "env.json";
   TunedSettings mmap;
@@ -241,7 +241,7 @@ TEST_F(ConfigTest, FoundThroughEnvironmentAndDefaultLocation) {
   ::setenv("WARPLOAD_CONFIG", from_env.c_str(), 1);
   EXPECT_EQ(find_config_file(), from_env);
   EXPECT_EQ(config_write_path(), from_env);
-  EXPECT_EQ(load({}).backend, "mmap");
+  EXPECT_EQ(load(LoadOptions()).backend, "mmap");
 
   // An explicit path beats the environment.
   const fs::path explicit_path = dir() / "explicit.json";
@@ -270,7 +270,7 @@ TEST_F(ConfigTest, MissingExplicitOrEnvironmentPathIsNotFound) {
 
   ::setenv("WARPLOAD_CONFIG", missing.c_str(), 1);
   EXPECT_THROW((void)find_config_file(), NotFoundError);
-  EXPECT_THROW((void)load({}), NotFoundError);
+  EXPECT_THROW((void)load(LoadOptions()), NotFoundError);
   LoadOptions ignore;
   ignore.use_config = false;
   EXPECT_EQ(load(ignore).backend, "auto");
