@@ -19,6 +19,7 @@
 #include "device/cuda_shim.hpp"
 #include "fake_cuda/fake_cuda_api.h"
 #include "support/fault_storage.hpp"
+#include "support/random_checkpoint.hpp"
 #include "support/temp_dir.hpp"
 #include "warpload/warpload.hpp"
 
@@ -107,32 +108,13 @@ void PrintTo(const LiveObjects& l, std::ostream* os) {
       << ", events " << l.events << "}";
 }
 
-struct TensorSpec {
-  std::string name;
-  DType dtype;
-  std::vector<std::uint64_t> shape;
-};
+using testing::TensorSpec;
 
-std::uint64_t spec_bytes(const TensorSpec& t) {
-  std::uint64_t n = dtype_bits(t.dtype);
-  for (auto d : t.shape) n *= d;
-  return n / 8;
-}
-
-using Expected = std::map<std::string, std::vector<std::byte>>;
+using Expected = testing::TensorBytes;
 
 void write_file(const fs::path& path, const std::vector<TensorSpec>& specs, std::uint32_t seed,
                 std::size_t header_alignment, Expected& expected) {
-  std::mt19937 rng(seed);
-  SafetensorsWriter writer;
-  writer.set_header_alignment(header_alignment);
-  for (const auto& t : specs) {
-    auto& data = expected[t.name];
-    data.resize(spec_bytes(t));
-    for (auto& b : data) b = static_cast<std::byte>(rng());
-    writer.add(t.name, t.dtype, t.shape, std::span<const std::byte>(data));
-  }
-  writer.write(path);
+  testing::write_random_file(path, specs, seed, expected, header_alignment);
 }
 
 // Two files of a few hundred KiB: many 64 KiB pieces, tensors crossing piece boundaries, an

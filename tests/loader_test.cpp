@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "support/fault_storage.hpp"
+#include "support/random_checkpoint.hpp"
 #include "support/temp_dir.hpp"
 #include "warpload/warpload.hpp"
 
@@ -21,17 +22,8 @@ namespace {
 namespace fs = std::filesystem;
 using testing::TempDir;
 
-struct TensorSpec {
-  std::string name;
-  DType dtype;
-  std::vector<std::uint64_t> shape;
-};
-
-std::uint64_t spec_bytes(const TensorSpec& t) {
-  std::uint64_t n = dtype_bits(t.dtype);
-  for (auto d : t.shape) n *= d;
-  return n / 8;
-}
+using testing::spec_bytes;
+using testing::TensorSpec;
 
 // Writes a file with random contents and remembers each tensor's bytes.
 struct WrittenFile {
@@ -43,17 +35,7 @@ WrittenFile write_file(const fs::path& path, const std::vector<TensorSpec>& spec
                        std::uint32_t seed, std::size_t header_alignment = 8,
                        std::map<std::string, std::string> metadata = {}) {
   WrittenFile out{path, {}};
-  std::mt19937 rng(seed);
-  SafetensorsWriter writer;
-  writer.set_header_alignment(header_alignment);
-  writer.set_metadata(std::move(metadata));
-  for (const auto& t : specs) {
-    auto& data = out.bytes[t.name];
-    data.resize(spec_bytes(t));
-    for (auto& b : data) b = static_cast<std::byte>(rng());
-    writer.add(t.name, t.dtype, t.shape, std::span<const std::byte>(data));
-  }
-  writer.write(path);
+  testing::write_random_file(path, specs, seed, out.bytes, header_alignment, std::move(metadata));
   return out;
 }
 
@@ -99,8 +81,8 @@ TEST_P(LoaderBackendTest, LoadsEveryTensorByteExact) {
   for (std::uint32_t i = 0; i < 8; ++i) {
     auto specs = llm_like_specs();
     for (auto& s : specs) s.name += std::string(i, 'x');
-    files.push_back(write_file(dir / ("shard" + std::to_string(i) + ".safetensors"), specs,
-                               100 + i, i % 2 == 0 ? 8 : 1));
+    files.push_back(write_file(dir / ("shard" + std::to_string(i) + ".safetensors"), specs, 100 + i,
+                               i % 2 == 0 ? 8 : 1));
   }
   // "3fs" reads through the USRBIO emulator, which takes a folder holding 3fs-virt/ for a mount.
   if (param.backend == "3fs") fs::create_directory(dir / "3fs-virt");
