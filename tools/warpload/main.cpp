@@ -83,6 +83,14 @@ extern "C" void on_interrupt(int /*signal*/) {
 }
 
 // A size option: "4MiB", "1M", "512KiB", "2GiB" or plain bytes (see units.hpp).
+// The PATH... positional every reading subcommand takes.
+void add_paths(CLI::App* command, std::vector<std::string>& paths) {
+  command
+      ->add_option("PATH", paths,
+                   "safetensors file, directory of shards, or model.safetensors.index.json")
+      ->required();
+}
+
 CLI::Validator size_transform() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
@@ -113,23 +121,17 @@ int run(int argc, char** argv) {
   cli::InspectOptions inspect;
   CLI::App* inspect_cmd = app.add_subcommand(
       "inspect", "List tensors (name, dtype, shape, bytes) and totals without reading data");
-  inspect_cmd
-      ->add_option("PATH", inspect_paths,
-                   "safetensors file, directory of shards, or model.safetensors.index.json")
-      ->required();
+  add_paths(inspect_cmd, inspect_paths);
   inspect_cmd->add_flag("--json", inspect.json, "print one JSON object");
 
   std::vector<std::string> load_paths;
   cli::LoadCommandOptions load;
   CLI::App* load_cmd = app.add_subcommand(
       "load", "Load every tensor into host or device memory and report the throughput");
-  load_cmd
-      ->add_option("PATH", load_paths,
-                   "safetensors file, directory of shards, or model.safetensors.index.json")
-      ->required();
+  add_paths(load_cmd, load_paths);
   load_cmd->add_option("--backend", load.backend,
-                       "storage backend: auto, posix, uring, mmap (default: the config's, else "
-                       "auto)");
+                       "storage backend: auto, posix, uring, mmap, 3fs (those this machine can "
+                       "run; default: the config's, else auto)");
   load_cmd->add_flag("--direct", load.direct, "open files with O_DIRECT (posix, uring)");
   load_cmd->add_option("--threads", load.threads, "worker threads (default: backend's)")
       ->check(CLI::Range(1U, 1024U));
@@ -154,10 +156,7 @@ int run(int argc, char** argv) {
   cli::BenchOptions bench;
   CLI::App* bench_cmd = app.add_subcommand(
       "bench", "Every backend cold and warm against this machine's cold and warm limits");
-  bench_cmd
-      ->add_option("PATH", bench_paths,
-                   "safetensors file, directory of shards, or model.safetensors.index.json")
-      ->required();
+  add_paths(bench_cmd, bench_paths);
   bench_cmd->add_option("--runs", bench.runs, "runs per figure; the best is reported")
       ->capture_default_str()
       ->check(CLI::Range(1U, 1000U));
@@ -171,10 +170,7 @@ int run(int argc, char** argv) {
   cli::TuneOptions tune;
   CLI::App* tune_cmd = app.add_subcommand(
       "tune", "Measure backend settings on these files and save the fastest as the config");
-  tune_cmd
-      ->add_option("PATH", tune_paths,
-                   "safetensors file, directory of shards, or model.safetensors.index.json")
-      ->required();
+  add_paths(tune_cmd, tune_paths);
   tune_cmd->add_option("--backend", tune.backend,
                        "tune only this backend (default: posix, uring, uring --direct)");
   tune_cmd->add_option("--config", tune.config,
