@@ -54,6 +54,12 @@ class MmapStorage final : public Storage {
     return capabilities_;
   }
 
+  // The baseline copies into memory the way the reference's callers get it: plain pages (a
+  // framework's allocator does not ask for huge pages), so it measures what users have today.
+  [[nodiscard]] std::shared_ptr<Allocator> preferred_allocator() override {
+    return make_host_allocator(HostAllocatorOptions{.huge_pages = false});
+  }
+
   [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
     const OpenedFile opened = open_file(path, /*direct=*/false);
     UniqueFd fd(opened.fd);
