@@ -87,6 +87,14 @@ void expect_loaded(const Loader& loader, const WrittenFile& file) {
   }
 }
 
+// Loads `file` with `options` and checks every tensor's bytes.
+void load_and_expect(const LoadOptions& options, const WrittenFile& file) {
+  Loader loader(options);
+  loader.add(file.path);
+  static_cast<void>(loader.load());
+  expect_loaded(loader, file);
+}
+
 // Finds a shared library that is certainly not the USRBIO client (for the missing-symbol test).
 std::string some_other_library() {
   for (const char* name : {"liburing.so.2", "libxxhash.so.0", "libm.so.6"}) {
@@ -198,10 +206,7 @@ TEST_F(Usrbio, ShortReadsFromTheDaemonAreContinued) {
   for (const bool own : {false, true}) {
     LoadOptions options = options_3fs();
     if (own) options.allocator = make_host_allocator();
-    Loader loader(options);
-    loader.add(file.path);
-    static_cast<void>(loader.load());
-    expect_loaded(loader, file);
+    load_and_expect(options, file);
   }
   expect_nothing_leaked();
 }
@@ -337,12 +342,7 @@ TEST_F(Usrbio, RingFullAndBlockBoundariesFollowTheAbi) {
   LoadOptions options = options_3fs();
   options.storage.block_size = 1 << 20;
   options.storage.usrbio.iov_block_size = 64 << 10;
-  {
-    Loader loader(options);
-    loader.add(file.path);
-    static_cast<void>(loader.load());
-    expect_loaded(loader, file);
-  }
+  load_and_expect(options, file);
   expect_nothing_leaked();
 }
 
