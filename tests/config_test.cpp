@@ -101,6 +101,7 @@ TEST_F(ConfigTest, WriteThenReadRoundTrips) {
   s.storage.usrbio.io_depth = -8;
   s.storage.usrbio.staging_bytes = std::uint64_t{5} << 30;
   s.storage.usrbio.iov_block_size = 8 << 20;
+  s.storage.usrbio.target = UsrbioTarget::kStaging;
   s.tuned_on = TunedOn{{"/models/a \"quoted\"", "/models/b"}, 2147496640, 1.8125, "2026-11-26"};
 
   const fs::path path = dir() / "new" / "nested" / "config.json";  // parents created
@@ -116,6 +117,7 @@ TEST_F(ConfigTest, WriteThenReadRoundTrips) {
   EXPECT_EQ(r.storage.usrbio.io_depth, -8);
   EXPECT_EQ(r.storage.usrbio.staging_bytes, std::uint64_t{5} << 30);
   EXPECT_EQ(r.storage.usrbio.iov_block_size, 8U << 20);
+  EXPECT_EQ(r.storage.usrbio.target, UsrbioTarget::kStaging);
   ASSERT_TRUE(r.tuned_on.has_value());
   EXPECT_EQ(r.tuned_on->paths, s.tuned_on->paths);
   EXPECT_EQ(r.tuned_on->bytes, 2147496640U);
@@ -288,6 +290,8 @@ TEST_F(ConfigTest, MalformedOrMistypedIsInvalidConfigNamingTheFile) {
       {"block size type", R"({"block_size": true})"},
       {"usrbio type", R"({"usrbio": 4})"},
       {"usrbio entries type", R"({"usrbio": {"entries": "many"}})"},
+      {"usrbio target name", R"({"usrbio": {"target": "dram"}})"},
+      {"usrbio target type", R"({"usrbio": {"target": 1}})"},
       {"tuned_on paths", R"({"tuned_on": {"paths": [1]}})"},
       {"newer version", R"({"version": 99})"},
   };

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -139,9 +140,12 @@ class Usrbio : public ::testing::Test {
     EXPECT_EQ(count_entries((mount_.path() / "3fs-virt" / "iovs").c_str()), 0u);
   }
 
+  // Zero copy unless a test says otherwise: tests that pass their own allocator (or kStaging)
+  // cover the staging path.
   static LoadOptions options_3fs() {
     LoadOptions options;
     options.backend = "3fs";
+    options.storage.usrbio.target = UsrbioTarget::kIov;
     return options;
   }
 
@@ -158,6 +162,7 @@ struct Settings {
   std::uint64_t staging_bytes;
   bool own_allocator;  // the caller's host memory: every I/O goes through staging
   int io_depth;
+  UsrbioTarget target = UsrbioTarget::kIov;
 };
 
 TEST_F(Usrbio, LoadsByteExactAcrossSettings) {
@@ -167,7 +172,8 @@ TEST_F(Usrbio, LoadsByteExactAcrossSettings) {
                                (300 << 10) + i * 4099, 11 + i));
   }
   const Settings cases[] = {
-      {0, 0, 0, 0, 0, false, 0},                       // defaults
+      {0, 0, 0, 0, 0, false, 0, UsrbioTarget::kAuto},  // defaults
+      {0, 0, 0, 0, 0, false, 0, UsrbioTarget::kStaging},  // staging chosen, not forced
       {1, 1, 64 << 10, 0, 0, false, 0},                // one ring, one entry
       {4, 3, 100'000, 0, 0, false, 0},                 // odd chunk, tiny rings
       {3, 16, 1 << 20, 64 << 10, 0, false, 0},         // iov blocks smaller than the chunk
@@ -175,12 +181,20 @@ TEST_F(Usrbio, LoadsByteExactAcrossSettings) {
       {2, 8, 1 << 20, 0, 0, true, 0},                  // staging, default size
       {3, 4, 1 << 20, 0, 100'000, true, 0},            // staging smaller than the chunk
       {2, 4, 256 << 10, 96 << 10, 200'000, true, -2},  // staging in blocks
+      // io_depth > 0: batches of exactly io_depth, the last one completed by fillers
+      {2, 8, 100'000, 0, 0, false, 3},
+      {1, 5, 64 << 10, 0, 0, false, 5},                // io_depth == entries
+      {3, 6, 64 << 10, 48 << 10, 0, false, 4},         // with iov blocks
+      {2, 4, 256 << 10, 0, 300'000, false, 3, UsrbioTarget::kStaging},  // staging slots < batch
+      {1, 1, 1 << 20, 0, 0, true, 1},                  // one entry, batches of one
   };
   for (const Settings& s : cases) {
     SCOPED_TRACE("rings " + std::to_string(s.rings) + " entries " + std::to_string(s.entries) +
                  " chunk " + std::to_string(s.chunk) + " block " +
                  std::to_string(s.iov_block_size) + " staging " + std::to_string(s.staging_bytes) +
-                 (s.own_allocator ? " own allocator" : ""));
+                 (s.own_allocator ? " own allocator" : "") + " io_depth " +
+                 std::to_string(s.io_depth) + " target " +
+                 std::string(usrbio_target_name(s.target)));
     LoadOptions options = options_3fs();
     options.storage.block_size = s.chunk;
     options.storage.usrbio.rings = s.rings;
@@ -188,6 +202,7 @@ TEST_F(Usrbio, LoadsByteExactAcrossSettings) {
     options.storage.usrbio.iov_block_size = s.iov_block_size;
     options.storage.usrbio.staging_bytes = s.staging_bytes;
     options.storage.usrbio.io_depth = s.io_depth;
+    options.storage.usrbio.target = s.target;
     if (s.own_allocator) options.allocator = make_host_allocator();
     {
       Loader loader(options);
@@ -291,15 +306,62 @@ TEST_F(Usrbio, LibraryWithoutTheSymbolsIsUnsupported) {
   }
 }
 
-TEST_F(Usrbio, IoDepthThatCouldHangIsRejected) {
+TEST_F(Usrbio, IoDepthBeyondTheRingIsRejected) {
   StorageOptions options;
-  options.usrbio.io_depth = 4;
-  EXPECT_THROW(static_cast<void>(make_storage("3fs", options)), UnsupportedError);
   options.usrbio.entries = 8;
-  options.usrbio.io_depth = -9;
-  EXPECT_THROW(static_cast<void>(make_storage("3fs", options)), UnsupportedError);
-  options.usrbio.io_depth = -8;
-  EXPECT_NO_THROW(static_cast<void>(make_storage("3fs", options)));
+  for (const int depth : {9, -9}) {
+    options.usrbio.io_depth = depth;
+    EXPECT_THROW(static_cast<void>(make_storage("3fs", options)), UnsupportedError) << depth;
+  }
+  for (const int depth : {8, -8, 1, 0}) {
+    options.usrbio.io_depth = depth;
+    EXPECT_NO_THROW(static_cast<void>(make_storage("3fs", options))) << depth;
+  }
+}
+
+// With io_depth > 0 the daemon runs nothing until io_depth I/Os are submitted: a load whose
+// I/O count is not a multiple of it must still finish (fillers), and promptly.
+TEST_F(Usrbio, IoDepthBatchesThatDoNotDivideTheWorkFinish) {
+  const WrittenFile file = write_file(mount_ / "a.safetensors", 1, 1000, 7);  // one small I/O
+  for (const UsrbioTarget target : {UsrbioTarget::kIov, UsrbioTarget::kStaging}) {
+    LoadOptions options = options_3fs();
+    options.storage.usrbio.entries = 16;
+    options.storage.usrbio.io_depth = 16;
+    options.storage.usrbio.target = target;
+    options.storage.usrbio.stall_timeout_ms = 5000;
+    const auto started = std::chrono::steady_clock::now();
+    load_and_expect(options, file);
+    EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(4));
+  }
+  expect_nothing_leaked();
+}
+
+// kIov: the tensors live in iovs (shared memory mapped while the loader holds them); kStaging:
+// ordinary memory, and no iov outlives the read.
+TEST_F(Usrbio, TargetDecidesWhereTheBytesLive) {
+  const WrittenFile file = write_file(mount_ / "a.safetensors", 2, 1 << 20, 9);
+  for (const UsrbioTarget target : {UsrbioTarget::kIov, UsrbioTarget::kStaging}) {
+    SCOPED_TRACE(std::string(usrbio_target_name(target)));
+    LoadOptions options = options_3fs();
+    options.storage.usrbio.target = target;
+    Loader loader(options);
+    loader.add(file.path);
+    static_cast<void>(loader.load());
+    expect_loaded(loader, file);
+    const std::size_t iov_links =
+        count_entries((mount_.path() / "3fs-virt" / "iovs").c_str());
+    if (target == UsrbioTarget::kIov) {
+      EXPECT_GE(iov_links, 1u);
+      EXPECT_GT(count_shm_mappings(), shm_before_);
+    } else {
+      EXPECT_EQ(iov_links, 0u);
+      EXPECT_EQ(count_shm_mappings(), shm_before_);
+    }
+  }
+  expect_nothing_leaked();
+  EXPECT_EQ(resolve_usrbio_target(UsrbioTarget::kIov), UsrbioTarget::kIov);
+  EXPECT_EQ(resolve_usrbio_target(UsrbioTarget::kStaging), UsrbioTarget::kStaging);
+  EXPECT_NE(resolve_usrbio_target(UsrbioTarget::kAuto), UsrbioTarget::kAuto);
 }
 
 // The emulator refuses an I/O that crosses an iov block (as 3FS does); the backend avoids it.
@@ -350,11 +412,15 @@ TEST_F(Usrbio, ReadErrorNamesFileAndOffset) {
   const WrittenFile file = write_file(mount_ / "bad.safetensors", 4, 1 << 20, 7);
   const std::uint64_t fail_at = fs::file_size(file.path) - 100'000;
   setenv("WARPLOAD_EMU_FAIL_OFFSET", std::to_string(fail_at).c_str(), 1);
+  for (const int io_depth : {0, 5}) {  // 5: the failure leaves a batch for fillers to complete
   for (const bool own : {false, true}) {
-    SCOPED_TRACE(own ? "staging" : "zero copy");
+    SCOPED_TRACE(std::string(own ? "staging" : "zero copy") + " io_depth " +
+                 std::to_string(io_depth));
     LoadOptions options = options_3fs();
     options.storage.block_size = 256 << 10;
     options.storage.usrbio.rings = 3;
+    options.storage.usrbio.io_depth = io_depth;
+    options.storage.usrbio.stall_timeout_ms = 5000;
     if (own) options.allocator = make_host_allocator();
     {
       Loader loader(options);
@@ -372,6 +438,7 @@ TEST_F(Usrbio, ReadErrorNamesFileAndOffset) {
       EXPECT_FALSE(loader.loaded());
     }
     expect_nothing_leaked();
+  }
   }
 }
 
@@ -423,7 +490,7 @@ TEST_F(Usrbio, EarlyEndOfFileNamesFileAndOffset) {
   }
   {
     // Truncated after open(): the backend sees the short read at end of file.
-    auto storage = make_storage("3fs");
+    auto storage = make_storage("3fs", options_3fs().storage);
     auto allocator = storage->preferred_allocator();
     auto opened = storage->open(file.path);
     auto buffer = allocator->allocate(size, 64);
@@ -444,7 +511,7 @@ TEST_F(Usrbio, EarlyEndOfFileNamesFileAndOffset) {
 TEST_F(Usrbio, CancelStopsWithNothingInFlight) {
   const WrittenFile file = write_file(mount_ / "a.safetensors", 2, 1 << 20, 4);
   {
-    auto storage = make_storage("3fs");
+    auto storage = make_storage("3fs", options_3fs().storage);
     auto opened = storage->open(file.path);
     auto buffer = storage->preferred_allocator()->allocate(opened->size(), 64);
     const ReadRequest request{opened.get(), 0, opened->size(), buffer->data()};

@@ -7,7 +7,8 @@
 //    "direct": true,                // O_DIRECT (posix, uring)
 //    "threads": 2, "block_size": 1048576, "queue_depth": 32,   // 0 = backend default
 //    "usrbio": {"rings": 2, "entries": 64, "io_depth": 0,      // "3fs" backend only
-//               "staging_bytes": 0, "iov_block_size": 0},
+//               "staging_bytes": 0, "iov_block_size": 0,
+//               "target": "auto"},                         // "auto", "iov" or "staging"
 //    "tuned_on": {"paths": ["/models/llama"], "bytes": 2147496640, "gbps": 1.8,
 //                 "date": "2026-11-26T22:40:00Z"}}
 //

@@ -31,17 +31,30 @@
 
 namespace warpload {
 
+// Where the "3fs" backend lands the bytes of a host load (docs/3fs.md, "Host destinations"):
+//   kIov      the destination buffers are iovs (Storage::preferred_allocator()), so the daemon
+//             writes where the tensors will live: no copy, but every page is shared memory;
+//   kStaging  each ring reads into its own small staging iov and copies into ordinary host
+//             memory (transparent huge pages): one memcpy from a cache-resident slot;
+//   kAuto     kIov where shared memory gets huge pages (/dev/shm mounted with huge=, or
+//             shmem_enabled = force), else kStaging: fresh 4 KiB shared-memory pages cost more
+//             (faults, zeroing, TLB misses) than the copy does.
+enum class UsrbioTarget { kAuto, kIov, kStaging };
+
 // Settings of the "3fs" backend (3FS USRBIO); 0 / empty = backend default. The names follow
 // the USRBIO calls they feed (see src/storage/hf3fs_abi.h and docs/3fs.md).
 struct UsrbioOptions {
   std::string mount_point;           // empty: hf3fs_extract_mount_point() per file
   unsigned rings = 0;                // rings, each with its own producer thread
   int entries = 0;                   // entries per ring (hf3fs_iorcreate4 `entries`)
-  int io_depth = 0;                  // hf3fs_iorcreate4 `io_depth`; 0 = as soon as possible
+  int io_depth = 0;                  // hf3fs_iorcreate4 `io_depth`: 0 = as soon as possible,
+                                     // -N = at most N per batch, N = batches of exactly N
+                                     // (the backend pads the last batch with 1-byte reads)
   std::uint64_t staging_bytes = 0;   // per-ring staging iov, used when a destination is not one
   std::uint64_t iov_block_size = 0;  // iov `block_size`; 0 = unblocked
   bool forbid_holes = false;         // HF3FS_IOR_FORBID_READ_HOLES: holes fail instead of zeros
   unsigned stall_timeout_ms = 0;     // a ring with no completion this long fails; 0 = 60 s
+  UsrbioTarget target = UsrbioTarget::kAuto;  // host loads: zero-copy iovs or staging + copy
 };
 
 struct StorageOptions {
@@ -159,5 +172,11 @@ class StorageWrapper : public Storage {
 
 // Names of the backends usable on this machine, in the order `bench` shows them.
 [[nodiscard]] std::vector<std::string> available_storage_names();
+
+// "auto", "iov", "staging"; parse returns false (and leaves *out alone) for any other text.
+[[nodiscard]] std::string_view usrbio_target_name(UsrbioTarget target) noexcept;
+[[nodiscard]] bool parse_usrbio_target(std::string_view text, UsrbioTarget* out) noexcept;
+// kAuto resolved on this machine (kIov or kStaging; see UsrbioTarget); others unchanged.
+[[nodiscard]] UsrbioTarget resolve_usrbio_target(UsrbioTarget target);
 
 }  // namespace warpload

@@ -276,6 +276,10 @@ TunedSettings read_config(const fs::path& path) {
         u->count("staging_bytes", std::numeric_limits<std::uint64_t>::max()).value_or(0);
     o.iov_block_size =
         u->count("iov_block_size", std::numeric_limits<std::uint64_t>::max()).value_or(0);
+    if (auto target = u->string("target"); target && !parse_usrbio_target(*target, &o.target)) {
+      invalid(path, "usrbio.target must be \"auto\", \"iov\" or \"staging\" (got \"" +
+                        *target + "\")");
+    }
   }
   if (auto t = c.object("tuned_on")) {
     TunedOn on;
@@ -318,6 +322,8 @@ std::string config_to_json(const TunedSettings& s) {
   w.number(u.staging_bytes);
   w.key("iov_block_size");
   w.number(u.iov_block_size);
+  w.key("target");
+  w.string(std::string(usrbio_target_name(u.target)));
   w.close('}');
   if (s.tuned_on) {
     w.key("tuned_on");
@@ -412,6 +418,7 @@ ResolvedSettings apply_config(std::string_view backend, const StorageOptions& ex
   if (u.io_depth == 0) u.io_depth = c.usrbio.io_depth;
   if (u.staging_bytes == 0) u.staging_bytes = c.usrbio.staging_bytes;
   if (u.iov_block_size == 0) u.iov_block_size = c.usrbio.iov_block_size;
+  if (u.target == UsrbioTarget::kAuto) u.target = c.usrbio.target;
   return r;
 }
 

@@ -133,4 +133,26 @@ std::vector<std::string> available_storage_names() {
   return names;
 }
 
+std::string_view usrbio_target_name(UsrbioTarget target) noexcept {
+  switch (target) {
+    case UsrbioTarget::kIov:
+      return "iov";
+    case UsrbioTarget::kStaging:
+      return "staging";
+    case UsrbioTarget::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+bool parse_usrbio_target(std::string_view text, UsrbioTarget* out) noexcept {
+  for (const UsrbioTarget t : {UsrbioTarget::kAuto, UsrbioTarget::kIov, UsrbioTarget::kStaging}) {
+    if (text == usrbio_target_name(t)) {
+      *out = t;
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace warpload

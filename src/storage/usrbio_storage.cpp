@@ -18,7 +18,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <cstdlib>
 #include <deque>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +60,40 @@ timespec realtime_deadline(std::chrono::nanoseconds from_now) noexcept {
   deadline.tv_sec = static_cast<time_t>(seconds.count());
   deadline.tv_nsec = static_cast<long>((total - seconds).count());
   return deadline;
+}
+
+// ---- host destinations ----
+
+// True when POSIX shared memory (what iovs are) is backed by transparent huge pages: the
+// /dev/shm tmpfs is mounted with huge=always, within_size or advise (iovs are advised), or
+// shmem_enabled forces them. Decides UsrbioTarget::kAuto (docs/3fs.md, "Host destinations").
+bool shared_memory_gets_huge_pages() {
+  {
+    std::ifstream policy("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+    std::string text;
+    std::getline(policy, text);
+    if (text.find("[force]") != std::string::npos) return true;
+    if (text.find("[deny]") != std::string::npos) return false;
+  }
+  // mountinfo: "id parent dev root mountpoint options [tags] - fstype source superoptions";
+  // the last /dev/shm entry is the one on top.
+  std::ifstream mounts("/proc/self/mountinfo");
+  bool huge = false;
+  for (std::string line; std::getline(mounts, line);) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, mount_point;
+    fields >> id >> parent >> dev >> root >> mount_point;
+    if (mount_point != "/dev/shm") continue;
+    const auto dash = line.find(" - ");
+    if (dash == std::string::npos) continue;
+    std::istringstream tail(line.substr(dash + 3));
+    std::string type, source, options;
+    tail >> type >> source >> options;
+    huge = type == "tmpfs" && (options.find("huge=always") != std::string::npos ||
+                               options.find("huge=within_size") != std::string::npos ||
+                               options.find("huge=advise") != std::string::npos);
+  }
+  return huge;
 }
 
 // ---- the iov registry: which destination addresses are inside a USRBIO iov ----
@@ -233,7 +270,7 @@ class UsrbioFile final : public StorageFile {
 struct RingSettings {
   std::string mount;
   int entries = kDefaultEntries;
-  int io_depth = 0;
+  int io_depth = 0;  // > 0: every batch must be exactly this many I/Os (fillers complete one)
   std::uint64_t flags = 0;
   std::uint64_t staging_bytes = kDefaultStagingBytes;
   std::uint64_t chunk = kDefaultChunk;
@@ -270,13 +307,14 @@ class RingWorker {
     // A ring the daemon may still write through is left alone rather than unmapped under it.
     if (drained) api_.iordestroy(&ring_);
     if (staging_created_ && drained) api_.iovdestroy(&staging_);
+    if (filler_created_ && drained) api_.iovdestroy(&filler_iov_);
   }
 
  private:
   struct Slot {
     ReadOperation op;
     std::byte* staging = nullptr;  // where the bytes land when not straight in op.dest
-    std::size_t staging_index = 0;
+    bool filler = false;           // a 1-byte read that only completes an io_depth batch
   };
 
   void fail(const std::string& message, int error_number, std::uint64_t offset) noexcept {
@@ -379,6 +417,8 @@ class RingWorker {
           slots_[slot] = Slot{piece, staging};
           ++in_flight_;
           ++prepared;
+          count_prepared();
+          filler_fd_ = piece.file->fd();
           continue;
         }
         if (staging != nullptr) staging_free_.push_back(staging);
@@ -391,6 +431,8 @@ class RingWorker {
         // file and offset.
         static_cast<void>(tracker_.complete(piece, index));
       }
+      // The daemon never runs a batch smaller than io_depth: complete it before waiting.
+      if (unbatched_ != 0) prepared += prepare_fillers();
       if (prepared > 0) {
         const int submitted = api_.submit_ios(&ring_);
         if (submitted < 0) {
@@ -431,9 +473,49 @@ class RingWorker {
     }
   }
 
+  void count_prepared() noexcept {
+    if (settings_.io_depth > 0) unbatched_ = (unbatched_ + 1) % settings_.io_depth;
+  }
+
+  // Prepares 1-byte reads (of a file this ring reads, into a scratch iov) until the I/Os
+  // prepared since the last whole batch make one, or the ring has no free slot. Returns how
+  // many it prepared; a failure is recorded and ends the padding.
+  int prepare_fillers() noexcept {
+    if (filler_fd_ < 0) return 0;
+    if (!filler_created_) {
+      const auto bytes = static_cast<std::uint64_t>(settings_.io_depth);
+      const int result = api_.iovcreate(&filler_iov_, settings_.mount.c_str(), bytes, 0, -1);
+      if (result != 0) {
+        fail("3fs: cannot create the " + std::to_string(bytes) +
+                 "-byte iov that completes io_depth batches on mount '" + settings_.mount +
+                 "': " + error_text(-result),
+             -result, 0);
+        filler_fd_ = -1;
+        return 0;
+      }
+      filler_created_ = true;
+    }
+    int prepared = 0;
+    while (unbatched_ != 0 && !free_slots_.empty()) {
+      const std::size_t slot = free_slots_.back();
+      auto* into = reinterpret_cast<std::byte*>(filler_iov_.base) + unbatched_;
+      const int index = api_.prep_io(&ring_, &filler_iov_, true, into, filler_fd_, 0, 1,
+                                     reinterpret_cast<const void*>(slot));
+      if (index < 0) break;  // full (the daemon holds slots): try again after the next wait
+      free_slots_.pop_back();
+      slots_[slot] = Slot{};
+      slots_[slot].filler = true;
+      ++in_flight_;
+      ++prepared;
+      count_prepared();
+    }
+    return prepared;
+  }
+
   [[nodiscard]] const ReadOperation& oldest_in_flight() const noexcept {
     for (std::size_t i = 0; i < slots_.size(); ++i) {
-      if (std::find(free_slots_.begin(), free_slots_.end(), i) == free_slots_.end()) {
+      if (!slots_[i].filler &&
+          std::find(free_slots_.begin(), free_slots_.end(), i) == free_slots_.end()) {
         return slots_[i].op;
       }
     }
@@ -452,6 +534,12 @@ class RingWorker {
       const auto slot = reinterpret_cast<std::uintptr_t>(cqe.userdata);
       if (slot >= slots_.size()) continue;  // not ours: cannot happen with one producer
       Slot& entry = slots_[slot];
+      if (entry.filler) {  // its bytes and result mean nothing
+        entry.filler = false;
+        free_slots_.push_back(slot);
+        --in_flight_;
+        continue;
+      }
       if (entry.staging != nullptr) {
         if (cqe.result > 0) {
           const auto bytes =
@@ -475,6 +563,7 @@ class RingWorker {
     const auto give_up = std::chrono::steady_clock::now() + kDrainTimeout;
     while (in_flight_ > 0) {
       int got = 0;
+      if (unbatched_ != 0 && prepare_fillers() > 0) static_cast<void>(api_.submit_ios(&ring_));
       try {
         const timespec deadline = realtime_deadline(std::chrono::milliseconds(200));
         got = api_.wait_for_ios(&ring_, cqes_.data(), static_cast<int>(cqes_.size()), 1, &deadline);
@@ -483,6 +572,10 @@ class RingWorker {
       }
       if (got > 0) {
         in_flight_ -= std::min(in_flight_, static_cast<std::size_t>(got));
+        for (int i = 0; i < got; ++i) {  // slots become free for fillers
+          const auto slot = reinterpret_cast<std::uintptr_t>(cqes_[static_cast<std::size_t>(i)].userdata);
+          if (slot < slots_.size()) free_slots_.push_back(slot);
+        }
         continue;
       }
       if (got < 0 && got != -ETIMEDOUT && got != -EINTR && got != -EAGAIN) return false;
@@ -497,6 +590,10 @@ class RingWorker {
   hf3fs_ior ring_{};
   hf3fs_iov staging_{};
   bool staging_created_ = false;
+  hf3fs_iov filler_iov_{};
+  bool filler_created_ = false;
+  int filler_fd_ = -1;  // a registered file of this read, for fillers
+  int unbatched_ = 0;   // I/Os prepared since the last whole io_depth batch
   std::uint64_t staging_slot_ = kDefaultChunk;
   std::vector<std::byte*> staging_free_;
   std::vector<Slot> slots_;
@@ -549,20 +646,13 @@ class UsrbioStorage final : public Storage {
       throw UnsupportedError("3fs: entries must be positive (got " +
                              std::to_string(options_.entries) + ")");
     }
-    if (options_.io_depth > 0) {
-      // With io_depth > 0 the daemon runs exactly io_depth prepared I/Os at a time, so the
-      // tail of every read (fewer than io_depth left) would never run and its wait would hang.
-      throw UnsupportedError("3fs: io_depth " + std::to_string(options_.io_depth) +
-                             " > 0 is not supported (a batch smaller than io_depth never "
-                             "runs and would hang); use 0 (as soon as possible) or -N (at "
-                             "most N per batch)");
-    }
-    if (-static_cast<long long>(options_.io_depth) > settings_.entries) {
+    if (std::abs(static_cast<long long>(options_.io_depth)) > settings_.entries) {
       throw UnsupportedError("3fs: io_depth " + std::to_string(options_.io_depth) +
                              " exceeds the ring's " + std::to_string(settings_.entries) +
                              " entries");
     }
     if (!options_.mount_point.empty()) mount_hint_->set(options_.mount_point);
+    target_ = resolve_usrbio_target(options_.target);
   }
 
   [[nodiscard]] const StorageCapabilities& capabilities() const noexcept override {
@@ -592,7 +682,10 @@ class UsrbioStorage final : public Storage {
     return file;
   }
 
+  // Zero copy (iovs as the destination) only when that target was chosen; otherwise the
+  // loader's ordinary host memory, filled through the staging iovs.
   [[nodiscard]] std::shared_ptr<Allocator> preferred_allocator() override {
+    if (target_ != UsrbioTarget::kIov) return nullptr;
     return std::make_shared<IovAllocator>(api_, mount_hint_, options_.iov_block_size);
   }
 
@@ -650,6 +743,7 @@ class UsrbioStorage final : public Storage {
 
   const Hf3fsApi& api_;
   UsrbioOptions options_;
+  UsrbioTarget target_ = UsrbioTarget::kAuto;  // resolved: kIov or kStaging
   unsigned rings_;
   std::uint64_t chunk_;
   RingSettings settings_;
@@ -665,3 +759,12 @@ std::unique_ptr<Storage> make_usrbio_storage(const StorageOptions& options) {
 }
 
 }  // namespace warpload::detail
+
+namespace warpload {
+
+UsrbioTarget resolve_usrbio_target(UsrbioTarget target) {
+  if (target != UsrbioTarget::kAuto) return target;
+  return detail::shared_memory_gets_huge_pages() ? UsrbioTarget::kIov : UsrbioTarget::kStaging;
+}
+
+}  // namespace warpload

@@ -135,6 +135,11 @@ std::string describe_backend(const LoadStats& stats, bool direct) {
   if (stats.backend == "auto") {
     return fmt::format("auto: {} of {} file{} O_DIRECT", stats.direct_files, stats.files, plural);
   }
+  if (stats.backend == "3fs") {
+    return resolve_usrbio_target(stats.storage.usrbio.target) == UsrbioTarget::kIov
+               ? "3fs, zero copy into iovs"
+               : "3fs, through staging iovs";
+  }
   if (!direct) return stats.backend;
   if (stats.direct_files == stats.files) return stats.backend + ", O_DIRECT";
   return fmt::format("{}, O_DIRECT for {} of {} file{}; the file system refused it for the rest",

@@ -73,6 +73,7 @@ std::string label(const Candidate& c) {
   if (u.io_depth != 0) out += fmt::format(" io_depth={}", u.io_depth);
   if (u.staging_bytes != 0) out += " staging=" + size_text(u.staging_bytes);
   if (u.iov_block_size != 0) out += " iov_block=" + size_text(u.iov_block_size);
+  if (u.target != UsrbioTarget::kAuto) out += fmt::format(" target={}", usrbio_target_name(u.target));
   return out;
 }
 
@@ -115,7 +116,7 @@ std::vector<Parameter> parameters_for(const std::string& backend, bool quick) {
         "entries",
         fixed(quick ? std::vector<std::int64_t>{64} : std::vector<std::int64_t>{16, 64, 256}),
         [](StorageOptions& s, std::int64_t v) { s.usrbio.entries = static_cast<int>(v); }};
-    Parameter io_depth{"io_depth", fixed({0, -8}), [](StorageOptions& s, std::int64_t v) {
+    Parameter io_depth{"io_depth", fixed({0, -8, 8}), [](StorageOptions& s, std::int64_t v) {
                          s.usrbio.io_depth = static_cast<int>(v);
                        }};
     Parameter staging{"staging bytes",
@@ -129,7 +130,14 @@ std::vector<Parameter> parameters_for(const std::string& backend, bool quick) {
                               0, static_cast<std::int64_t>(s.block_size ? s.block_size : 8 * kMiB)};
                         },
                         [u](StorageOptions& s, std::int64_t v) { s.usrbio.iov_block_size = u(v); }};
-    return {block, rings, entries, io_depth, staging, iov_block};
+    // Where host bytes land: both are measured, whatever auto would pick here.
+    Parameter target{"target",
+                     fixed({static_cast<std::int64_t>(UsrbioTarget::kIov),
+                            static_cast<std::int64_t>(UsrbioTarget::kStaging)}),
+                     [](StorageOptions& s, std::int64_t v) {
+                       s.usrbio.target = static_cast<UsrbioTarget>(v);
+                     }};
+    return {target, block, rings, entries, io_depth, staging, iov_block};
   }
   return {};  // auto, mmap: nothing to sweep
 }
