@@ -1,12 +1,16 @@
 # warpload front door. Quick start on a fresh Debian 12 machine: `make run`, `make test`.
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+LINT_BUILD ?= build-lint
+FUZZ_SECONDS ?= 60
 DEMO       ?= demo
 DEMO_SIZE  ?= 2GiB
 DEMO_SHARDS ?= 4
 JOBS       ?= $(shell nproc)
 
-.PHONY: all deps build run test test-release test-asan test-package clean
+.PHONY: all deps build run test test-release test-asan test-package clean fuzz fuzz-build \
+        test-fuzz lint
 
 all: build
 
@@ -24,7 +28,7 @@ run: build
 	  $(BUILD)/warpload gen $(DEMO) --size $(DEMO_SIZE) --shards $(DEMO_SHARDS); fi
 	$(BUILD)/warpload bench $(DEMO)
 
-test: test-release test-asan test-package
+test: test-release test-asan test-package test-fuzz
 
 test-release: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -40,5 +44,24 @@ test-asan: deps
 test-package: build
 	scripts/check-package.sh $(BUILD)
 
+# libFuzzer targets (tests/fuzz) in a clang build of their own; each runs FUZZ_SECONDS.
+fuzz-build: deps
+	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 -DWARPLOAD_FUZZ=ON \
+	  -DWARPLOAD_BUILD_TESTS=OFF -DWARPLOAD_BUILD_TOOLS=OFF -DWARPLOAD_BUILD_EXAMPLES=OFF \
+	  -DWARPLOAD_BUILD_BENCHMARKS=OFF -DWARPLOAD_BUILD_PYTHON=OFF
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
+fuzz: fuzz-build
+	scripts/run-fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+# The short pass `make test` runs: about 2 minutes in all.
+test-fuzz:
+	$(MAKE) fuzz FUZZ_SECONDS=50
+
+# clang-tidy and cppcheck on src/ (about 5 minutes on 2 cores: CI runs it, `make test` does not).
+lint: deps
+	scripts/lint.sh $(LINT_BUILD) $(JOBS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(LINT_BUILD)

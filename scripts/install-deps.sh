@@ -7,6 +7,9 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libsimdjson-dev liburing-dev libcli11-dev libfmt-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang-14 libclang-rt-14-dev clang-tidy-14 cppcheck
+  pybind11-dev python3-dev python3-pytest python3-numpy python3-torch python3-tqdm
+  python3-setuptools python3-wheel python3-pip
 )
 
 missing=()

@@ -797,5 +797,89 @@ TEST_F(CliTest, BadConfigsAndTuneArgumentsFail) {
                  4, "missing");
 }
 
+// ---- device loads and bench --device, on the fake CUDA driver and the fake cuFile ----
+
+// The fakes for the CLI processes this test starts (children inherit the environment).
+class FakeGpu {
+ public:
+  FakeGpu()
+      : cuda_("WARPLOAD_CUDA_LIB", WARPLOAD_FAKE_CUDA),
+        cufile_("WARPLOAD_CUFILE_LIB", WARPLOAD_FAKE_CUFILE),
+        cufile_cuda_("FAKE_CUFILE_CUDA_LIB", WARPLOAD_FAKE_CUDA) {}
+
+ private:
+  ScopedEnv cuda_;
+  ScopedEnv cufile_;
+  ScopedEnv cufile_cuda_;
+};
+
+TEST_F(CliTest, BenchOnDeviceShowsTheCopyLimitAndGds) {
+  const FakeGpu gpu;
+  const CliResult r = run_cli({"bench", checkpoint().string(), "--runs", "1", "--device", "cuda:0",
+                               "--backends", "posix,gds"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  for (const char* text :
+       {"backend", "% warm limit", "% H2D (warm)", "\nposix ", "\nposix --direct ", "\ngds ",
+        "H2D limit: ", "device: cuda:0", "cold limit: ", "warm limit: "}) {
+    EXPECT_NE(r.out.find(text), std::string::npos) << text << "\n" << r.out;
+  }
+  EXPECT_NE(r.err.find("bench: H2D limit"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("note: gds"), std::string::npos) << "gds fell back\n" << r.out;
+}
+
+TEST_F(CliTest, BenchOnDeviceJsonHasRatiosToEveryLimit) {
+  const FakeGpu gpu;
+  const CliResult r = run_cli({"bench", checkpoint().string(), "--runs", "1", "--device", "cuda:1",
+                               "--backends", "mmap,gds", "--json"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const Json json = parse_json(r.out);
+  EXPECT_EQ(json_string(json.root["device"]), "cuda:1");
+  EXPECT_GT(double(json.root["h2d_limit_gbps"]), 0.0);
+  std::vector<std::string> labels;
+  for (simdjson::dom::element row : simdjson::dom::array(json.root["rows"])) {
+    labels.push_back(json_string(row["label"]));
+    SCOPED_TRACE(labels.back());
+    EXPECT_GT(double(row["warm_gbps"]), 0.0);
+    EXPECT_GT(double(row["warm_fraction_of_h2d"]), 0.0);
+    EXPECT_GT(double(row["warm_fraction_of_limit"]), 0.0);
+  }
+  EXPECT_EQ(labels, (std::vector<std::string>{"mmap", "gds"}));
+}
+
+TEST_F(CliTest, DeviceLoadThroughGdsHashesLikeTheFiles) {
+  const FakeGpu gpu;
+  const CliResult r =
+      run_cli({"load", checkpoint().string(), "--device", "cuda:0", "--backend", "gds", "--hash"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  EXPECT_NE(r.out.find("(gds)"), std::string::npos) << r.out;
+  for (const auto& [name, where] : reference_tensors(checkpoint())) {
+    const std::string bytes = testing::read_reference_tensor(where.first, where.second, name);
+    const std::size_t line_start = r.out.find(name + " ");
+    ASSERT_NE(line_start, std::string::npos) << name;
+    const std::string line = r.out.substr(line_start, r.out.find('\n', line_start) - line_start);
+    EXPECT_NE(line.find(hex64(XXH3_64bits(bytes.data(), bytes.size()))), std::string::npos) << line;
+  }
+}
+
+TEST_F(CliTest, GdsWithoutCuFileFallsBackWithOneLine) {
+  const FakeGpu gpu;
+  const ScopedEnv missing("WARPLOAD_CUFILE_LIB", "/nonexistent/libcufile.so.0");
+  const CliResult r =
+      run_cli({"load", checkpoint().string(), "--device", "cuda:0", "--backend", "gds", "--json"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("warpload: gds not used for cuda:0", 0), 0U) << r.err;
+  const Json json = parse_json(r.out);
+  EXPECT_EQ(json_string(json.root["backend"]), "auto");
+  EXPECT_NE(json_string(json.root["gds_fallback"]).find("libcufile.so.0"), std::string::npos);
+}
+
+TEST_F(CliTest, GdsIsForDevicesOnly) {
+  expect_failure(run_cli({"load", checkpoint().string(), "--backend", "gds"}), 2, "'gds'");
+  expect_failure(run_cli({"bench", checkpoint().string(), "--backends", "gds"}), 2, "'gds'");
+  expect_failure(run_cli({"bench", checkpoint().string(), "--device", "gpu0"}), 2, "--device");
+}
+
 }  // namespace
 }  // namespace warpload

@@ -1013,5 +1013,52 @@ TEST_F(FormatTest, MutatedHeadersNeverMisbehave) {
   EXPECT_GT(accepted, 0);  // e.g. edits inside the metadata value
 }
 
+// ---- regressions found by the fuzzers and the hostile-file suite (docs/reliability.md) ----------
+
+// header_fuzzer, crash a82453d7: a dtype string holding \u0000 went into the message raw, so
+// what() (a C string) ended at the NUL and lost the rule's name.
+TEST_F(FormatTest, UntrustedTextInMessagesIsEscapedAndCut) {
+  const std::string message =
+      expect_invalid(crafted("{" + entry("t\\u001b[2J", "F3\\u0000\\n", "[1]", 0, 1) + "}", 1),
+                     FormatRule::kInvalidHeaderDeserialization, "t\\x1b[2J");
+  EXPECT_TRUE(contains(message, "unknown dtype \"F3\\x00\\x0a\"")) << message;
+  EXPECT_EQ(std::strlen(message.c_str()), message.size());
+  const std::string long_name(100'000, 'x');
+  const std::string cut = expect_invalid(
+      crafted("{" + entry(long_name, "U8", "[1]", 1, 2) + "}", 2), FormatRule::kInvalidOffset);
+  EXPECT_TRUE(contains(cut, "...(100000 bytes)")) << cut.substr(0, 300);
+  EXPECT_LT(cut.size(), 600u);
+}
+
+// Unknown fields are skipped like the reference skips them, but the reference's JSON parser
+// (serde_json) still reads them: malformed JSON there, or nesting past 127 levels, is refused.
+// On-demand parsing had accepted both.
+TEST_F(FormatTest, UnknownFieldsMustStillBeJsonWithinTheDepthLimit) {
+  const auto with_extra = [](const std::string& extra) {
+    return crafted(
+        "{\"t\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"x\":" + extra + "}}", 1);
+  };
+  for (const char* bad :
+       {"[1,,2]", "[tru]", "{\"a\" 1}", "[1 2]", "{\"a\":}", "nul", "[\"\\q\"]"}) {
+    SCOPED_TRACE(bad);
+    expect_invalid(with_extra(bad), FormatRule::kInvalidHeaderDeserialization, "t");
+  }
+  // Root (1) and entry (2), so the field's value may nest 125 levels.
+  const auto nested = [](std::size_t levels) {
+    return std::string(levels, '[') + std::string(levels, ']');
+  };
+  const std::string deepest = with_extra(nested(125));
+  EXPECT_EQ(parse_header(as_bytes(deepest), deepest.size(), "m").tensors.size(), 1u);
+  const std::string message =
+      expect_invalid(with_extra(nested(126)), FormatRule::kInvalidHeaderDeserialization, "t");
+  EXPECT_TRUE(contains(message, "nests deeper than 127 levels")) << message;
+  for (const char* good :
+       {"[1,-2.5e3,\"s\",true,false,null,{\"k\":[{}]}]", "{}", "\"\\u00e9\"", "7"}) {
+    SCOPED_TRACE(good);
+    const std::string bytes = with_extra(good);
+    EXPECT_EQ(parse_header(as_bytes(bytes), bytes.size(), "m").tensors.size(), 1u);
+  }
+}
+
 }  // namespace
 }  // namespace warpload

@@ -295,6 +295,8 @@ std::string fault_name(Fault fault) {
       return "EAGAIN";
     case Fault::kIoError:
       return "EIO";
+    case Fault::kCorrupt:
+      return "Corrupt";
     case Fault::kNone:
       break;
   }

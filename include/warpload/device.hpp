@@ -10,6 +10,7 @@
 // Thread safety: all functions may be called from any thread.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -41,5 +42,14 @@ struct Device {
 // Page-locked host memory usable for asynchronous copies to `device`
 // (MemoryKind::kPinnedHost). Same errors as make_cuda_allocator().
 [[nodiscard]] std::shared_ptr<Allocator> make_pinned_allocator(Device device);
+
+// The pinned host-to-device copy rate of `device`, the ceiling of any load into it from host
+// memory: `bytes` of page-locked memory (make_pinned_allocator) copied into one device buffer
+// with cuMemcpyHtoDAsync on one stream and waited for, `runs` times (after one untimed warm-up
+// copy); returns the best rate in GB/s (1e9 bytes per second). Same errors as
+// make_cuda_allocator().
+[[nodiscard]] double measure_pinned_copy_gbps(Device device,
+                                              std::uint64_t bytes = std::uint64_t{256} << 20,
+                                              unsigned runs = 5);
 
 }  // namespace warpload

@@ -50,6 +50,8 @@ enum class FormatRule : std::uint8_t {
   kDuplicateTensor,               // the same tensor name in two files of one load
   kInvalidIndex,                  // model.safetensors.index.json is malformed or inconsistent
   kInvalidConfig,                 // a warpload settings file (config.hpp) is malformed or mistyped
+  kInvalidManifest,               // a digest manifest (`warpload hash`) is malformed
+  kChecksumMismatch,              // a tensor's bytes differ from its digest in a manifest
 };
 
 [[nodiscard]] std::string_view format_rule_name(FormatRule rule) noexcept;

@@ -26,6 +26,7 @@
 // other; after load() returns, queries are safe from any number of threads.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -51,7 +52,10 @@ namespace warpload {
 // `storage` left 0 take the config's values when its backend is the one used; the config's
 // `direct` applies only when `backend` is "". LoadStats says what was applied.
 struct LoadOptions {
-  std::string backend;           // see make_storage(); "" = config's, else "auto"
+  // see make_storage(); "" = config's, else "auto". Device loads also take "gds" (GPUDirect
+  // Storage; "auto" uses it where cuFile runs in GDS mode), falling back to the staged pipeline
+  // with one stderr line when it cannot be used (LoadStats::gds_fallback says why).
+  std::string backend;
   StorageOptions storage;        // threads, block size, queue depth, O_DIRECT
   std::filesystem::path config;  // explicit settings file; must exist when set
   bool use_config = true;        // false: ignore every settings file
@@ -62,7 +66,7 @@ struct LoadOptions {
   // make_cuda_allocator() for "cuda:N" (an explicit one must then be MemoryKind::kDevice).
   std::shared_ptr<Allocator> allocator;
   // Pinned host memory for a CUDA load through a backend that cannot read into device memory
-  // (every backend today): bytes are read into a ring of page-locked slots and copied to the
+  // (every backend but "gds"): bytes are read into a ring of page-locked slots and copied to the
   // device asynchronously (src/core/staged_pipeline.hpp). This bounds the host memory such a
   // load uses, whatever the checkpoint size; at least 2 slots of 64 KiB are used.
   std::uint64_t staging_bytes = std::uint64_t{256} << 20;
@@ -71,6 +75,18 @@ struct LoadOptions {
   // Called from a monitor thread about 10 times a second during load(), and once at the
   // end, with bytes landed so far and the total.
   std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
+  // When set, load() checks it before reading and about 10 times a second while reading; once
+  // it reads true the reads stop and load() throws CancelledError, keeping nothing (as for any
+  // other error). Set it from any thread; it must outlive load(). Used by the Python bindings
+  // to cancel on Ctrl-C.
+  const std::atomic<bool>* cancel = nullptr;
+  // After the read, read every tensor's bytes again from its file with plain pread()s on a
+  // fresh descriptor (no backend, no O_DIRECT, no mapping) and compare them with the loaded
+  // ones (device tensors are copied back to compare). A difference is IoError (errno EIO)
+  // naming the file, the tensor and the file offset of the first differing byte, and nothing
+  // is kept, as for any other error. Costs a second read of the checkpoint (from the page
+  // cache when it fits); LoadStats::verify_seconds says how long.
+  bool verify = false;
 };
 
 // A non-owning description of tensor bytes plus a reference that keeps them alive.
@@ -110,6 +126,13 @@ struct LoadStats {
   // The options the backend was created with, after applying the config (0 = backend's
   // default). Unset when custom_storage was given.
   StorageOptions storage;
+  // Device loads with backend "gds" or "auto": why GPUDirect Storage was tried and not used
+  // (the load went through the staged pipeline; docs/architecture.md lists the checks), or
+  // empty. gds_compat_mode: backend "gds" ran with cuFile in compatibility mode (no nvidia-fs).
+  std::string gds_fallback;
+  bool gds_compat_mode = false;
+  // Time spent re-reading and comparing with LoadOptions::verify (not in `seconds`); 0 without.
+  double verify_seconds = 0;
   [[nodiscard]] double gbps() const noexcept {
     return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
   }

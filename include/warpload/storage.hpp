@@ -6,6 +6,8 @@
 //   "mmap"   map the file and memcpy out of it (what the reference safetensors does; baseline)
 //   "auto"   per file: buffered when the file is already in the page cache, uring + O_DIRECT
 //            when it is cold and large
+//   "gds"    GPUDirect Storage (cuFile, loaded at run time): parallel cuFileRead()s straight
+//            into CUDA device memory; device loads only (see docs/architecture.md)
 // StorageOptions::direct opens files with O_DIRECT (posix, uring): every read then has the
 // file's alignment() for its offset, length and destination; callers read the aligned
 // superset of what they need and place tensors inside it.
@@ -63,6 +65,9 @@ struct StorageOptions {
   std::uint64_t block_size = 0;  // bytes per read operation; 0 = backend default
   unsigned queue_depth = 0;      // reads in flight per uring thread; 0 = backend default
   UsrbioOptions usrbio;          // "3fs" only
+  // "gds" only: the CUDA ordinal its destinations are on (the Loader sets it from
+  // LoadOptions::device); -1 = none, and make_storage("gds") refuses.
+  int cuda_device = -1;
 };
 
 // What a backend can do; the loader plans with this, never with dynamic_cast.
@@ -164,7 +169,8 @@ class StorageWrapper : public Storage {
   std::unique_ptr<Storage> target_;
 };
 
-// Creates a backend by name ("posix", "uring", "mmap", "auto", "3fs").
+// Creates a backend by name ("posix", "uring", "mmap", "auto", "3fs", "gds"; "gds" needs
+// options.cuda_device and cuFile, and is not listed by available_storage_names()).
 // Throws UnsupportedError for an unknown name or one this kernel cannot run (the message
 // lists the available ones).
 [[nodiscard]] std::unique_ptr<Storage> make_storage(std::string_view name,

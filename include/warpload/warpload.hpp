@@ -3,6 +3,7 @@
 
 #include "warpload/config.hpp"
 #include "warpload/device.hpp"
+#include "warpload/distributed.hpp"
 #include "warpload/dtype.hpp"
 #include "warpload/error.hpp"
 #include "warpload/format.hpp"

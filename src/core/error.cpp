@@ -33,6 +33,10 @@ std::string_view format_rule_name(FormatRule rule) noexcept {
       return "invalid_index";
     case FormatRule::kInvalidConfig:
       return "invalid_config";
+    case FormatRule::kInvalidManifest:
+      return "invalid_manifest";
+    case FormatRule::kChecksumMismatch:
+      return "checksum_mismatch";
   }
   return "unknown_rule";
 }

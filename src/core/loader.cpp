@@ -10,8 +10,11 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/printable.hpp"
 #include "core/file_set.hpp"
+#include "core/device_storage.hpp"
 #include "core/staged_pipeline.hpp"
+#include "core/verify.hpp"
 #include "device/cuda_shim.hpp"
 #include "warpload/config.hpp"
 #include "warpload/device.hpp"
@@ -39,13 +42,14 @@ std::uint64_t align_up(std::uint64_t v, std::uint64_t a) {
   return down == v ? v : down + a;
 }
 
-// Runs `on_progress` about ten times a second while a read is in progress.
+// Runs `on_progress` about ten times a second while a read is in progress, and forwards the
+// caller's cancel flag (LoadOptions::cancel) to the read's ReadControl.
 class ProgressMonitor {
  public:
   ProgressMonitor(const std::function<void(std::uint64_t, std::uint64_t)>& callback,
-                  const ReadControl& control, std::uint64_t total)
-      : callback_(callback), control_(control), total_(total) {
-    if (callback_) thread_ = std::thread([this] { run(); });
+                  ReadControl& control, std::uint64_t total, const std::atomic<bool>* cancel)
+      : callback_(callback), control_(control), total_(total), cancel_(cancel) {
+    if (callback_ || cancel_ != nullptr) thread_ = std::thread([this] { run(); });
   }
   ~ProgressMonitor() {
     if (!thread_.joinable()) return;
@@ -63,13 +67,17 @@ class ProgressMonitor {
   void run() {
     std::unique_lock lock(mutex_);
     while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; })) {
-      callback_(std::min(control_.bytes_done.load(std::memory_order_relaxed), total_), total_);
+      if (cancel_ != nullptr && cancel_->load()) control_.cancel.store(true);
+      if (callback_) {
+        callback_(std::min(control_.bytes_done.load(std::memory_order_relaxed), total_), total_);
+      }
     }
   }
 
   const std::function<void(std::uint64_t, std::uint64_t)>& callback_;
-  const ReadControl& control_;
+  ReadControl& control_;
   std::uint64_t total_;
+  const std::atomic<bool>* cancel_;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;
@@ -130,6 +138,7 @@ void Loader::add(const std::filesystem::path& path) {
     added.push_back(PlannedFile{file, read_header(file)});
   }
   std::vector<const Header*> headers;
+  headers.reserve(added.size());
   for (const auto& f : added) headers.push_back(&f.header);
   detail::check_index(resolved, headers);
 
@@ -148,7 +157,8 @@ void Loader::add(const std::filesystem::path& path) {
       if (other != nullptr) {
         throw InvalidFileError(
             FormatRule::kDuplicateTensor,
-            added[f].path.string() + ": tensor '" + name + "' is also in " + other->path.string());
+            added[f].path.string() + ": tensor '" + detail::printable(name) + "' is also in " +
+                other->path.string());
       }
       names.emplace(name, TensorRef{first_new + f, t});
     }
@@ -174,6 +184,7 @@ LoadStats Loader::load() {
   const Device device = Device::parse(s.options.device);
 
   std::shared_ptr<Storage> storage = s.options.custom_storage;
+  detail::DeviceStorage device_storage;  // how a device load reads: GDS, or staged (and why)
   ResolvedSettings settings;
   std::filesystem::path config_path;
   if (!storage) {
@@ -186,8 +197,16 @@ LoadStats Loader::load() {
     }
     settings = apply_config(s.options.backend, s.options.storage, config ? &*config : nullptr);
     if (!settings.from_config) config_path.clear();
+    // A missing driver or device is the load's error whatever the backend.
+    if (device.is_cuda()) detail::check_cuda_device(device.index);
     try {
-      storage = make_storage(settings.backend, settings.storage);
+      if (device.is_cuda()) {
+        device_storage =
+            detail::choose_device_storage(settings.backend, settings.storage, device, s.files);
+        storage = device_storage.storage;
+      } else {
+        storage = make_storage(settings.backend, settings.storage);
+      }
     } catch (const UnsupportedError& e) {
       if (!settings.from_config || !s.options.backend.empty()) throw;
       throw UnsupportedError(config_path.string() + ": the config's backend: " + e.what());
@@ -223,7 +242,9 @@ LoadStats Loader::load() {
   for (std::size_t i = 0; i < s.files.size(); ++i) {
     const PlannedFile& planned = s.files[i];
     const Header& h = planned.header;
-    auto file = storage->open(planned.path);
+    // GDS opened (and registered) every file while choosing the backend.
+    auto file = device_storage.files.empty() ? storage->open(planned.path)
+                                             : std::move(device_storage.files[i]);
     if (file->size() != h.file_size) {
       throw IoError(planned.path.string() + ": file changed size since its header was read (" +
                         std::to_string(h.file_size) + " -> " + std::to_string(file->size()) +
@@ -262,10 +283,9 @@ LoadStats Loader::load() {
             reinterpret_cast<std::uintptr_t>(data_starts[i] + t.begin) % align == 0) {
           continue;
         }
-        throw UnsupportedError(planned.path.string() + ": tensor '" + t.name + "': offset " +
-                               std::to_string(t.begin) +
-                               " in the data section is not a multiple "
-                               "of its element size (" +
+        throw UnsupportedError(planned.path.string() + ": tensor '" + detail::printable(t.name) +
+                               "': offset " + std::to_string(t.begin) +
+                               " in the data section is not a multiple of its element size (" +
                                std::to_string(align) + " bytes); device loads cannot realign it");
       }
     }
@@ -275,9 +295,13 @@ LoadStats Loader::load() {
   const auto direct_files = static_cast<std::size_t>(std::count_if(
       open_files.begin(), open_files.end(), [](const auto& f) { return f->direct(); }));
   ReadControl control;
+  if (s.options.cancel != nullptr && s.options.cancel->load()) {
+    throw CancelledError(s.files.empty() ? std::string("load cancelled")
+                                         : s.files.front().path.string() + ": load cancelled");
+  }
   const auto start = std::chrono::steady_clock::now();
   {
-    ProgressMonitor monitor(s.options.on_progress, control, s.total_bytes);
+    ProgressMonitor monitor(s.options.on_progress, control, s.total_bytes, s.options.cancel);
     if (staged) {
       detail::run_staged_load(*storage, staged_files, device,
                               detail::plan_staging(s.options.staging_bytes, largest_read),
@@ -303,6 +327,26 @@ LoadStats Loader::load() {
     }
   }
 
+  double verify_seconds = 0;
+  if (s.options.verify) {
+    const auto verify_start = std::chrono::steady_clock::now();
+    try {
+      for (std::size_t i = 0; i < s.files.size(); ++i) {
+        detail::verify_loaded_file(
+            s.files[i].path, s.files[i].header, device_buffers ? device.index : -1,
+            [&](const TensorInfo& t) -> const std::byte* {
+              const auto it = s.realigned.find(t.name);
+              return it != s.realigned.end() ? it->second->data() : data_starts[i] + t.begin;
+            });
+      }
+    } catch (...) {
+      s.realigned.clear();  // nothing of a failed load is kept
+      throw;
+    }
+    verify_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_start).count();
+  }
+
   s.buffers = std::move(buffers);
   s.data_starts = std::move(data_starts);
   s.loaded = true;
@@ -317,6 +361,9 @@ LoadStats Loader::load() {
   stats.direct_files = direct_files;
   stats.config = std::move(config_path);
   stats.storage = settings.storage;
+  stats.gds_fallback = std::move(device_storage.gds_fallback);
+  stats.gds_compat_mode = device_storage.gds_compat_mode;
+  stats.verify_seconds = verify_seconds;
   return stats;
 }
 
@@ -360,9 +407,20 @@ TensorView Loader::tensor(std::string_view name) const {
   v.name = t.name;
   v.dtype = t.dtype;
   v.nbytes = t.nbytes();
+  // Views hold int64 shapes and strides. A non-empty tensor always fits (its element count is
+  // bounded by the file's size); an empty one (a 0 among its dims) may not.
+  bool fits = std::all_of(t.shape.begin(), t.shape.end(),
+                          [](std::uint64_t dim) { return dim <= INT64_MAX; });
   v.shape.assign(t.shape.begin(), t.shape.end());
   v.strides.assign(t.shape.size(), 1);
-  for (std::size_t d = t.shape.size(); d-- > 1;) v.strides[d - 1] = v.strides[d] * v.shape[d];
+  for (std::size_t d = t.shape.size(); fits && d-- > 1;) {
+    fits = !__builtin_mul_overflow(v.strides[d], v.shape[d], &v.strides[d - 1]);
+  }
+  if (!fits) {
+    throw UnsupportedError(s.files[ref.file].path.string() + ": tensor '" +
+                           detail::printable(t.name) + "': shape " + format_shape(t.shape) +
+                           " or its strides exceed 2^63 - 1 elements, the limit of a TensorView");
+  }
   if (t.nbytes() == 0) {
     // No bytes to point at: give empty tensors an aligned address all the same.
     v.data = s.buffers[ref.file]->data();
@@ -407,11 +465,16 @@ TensorView Loader::shard(std::string_view name, int rank, int world, int dim) co
   }
   const auto d = static_cast<std::size_t>(dim < 0 ? dim + ndim : dim);
   const std::int64_t size = v.shape[d];
-  const std::int64_t block = (size + world - 1) / world;
-  const std::int64_t begin = std::min<std::int64_t>(block * rank, size);
-  const std::int64_t end = std::min<std::int64_t>(begin + block, size);
-  std::int64_t outer = 1;  // product of the dims before d
-  for (std::size_t i = 0; i < d; ++i) outer *= v.shape[i];
+  // Written so that no step can overflow for sizes up to 2^63 - 1 (empty tensors may have
+  // such dims): ceil(size / world) without size + world - 1, and end without begin + block.
+  const std::int64_t block = size / world + (size % world != 0 ? 1 : 0);
+  const std::int64_t begin = block >= size ? std::min<std::int64_t>(rank, 1) * size
+                                           : std::min<std::int64_t>(block * rank, size);
+  const std::int64_t end = begin + std::min<std::int64_t>(block, size - begin);
+  std::int64_t outer = 1;  // product of the dims before d, saturated (only compared with 1)
+  for (std::size_t i = 0; i < d; ++i) {
+    if (__builtin_mul_overflow(outer, v.shape[i], &outer)) outer = INT64_MAX;
+  }
 
   const std::uint32_t bits = dtype_bits(v.dtype);
   const std::uint64_t first_bit = static_cast<std::uint64_t>(begin * v.strides[d]) * bits;

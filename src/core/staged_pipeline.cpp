@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "device/cuda_shim.hpp"
+#include "device/numa.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload::detail {
@@ -149,8 +150,12 @@ void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device
   std::mutex error_mutex;
   std::exception_ptr first_error;
   std::atomic<std::size_t> cursor{0};
+  // Readers run on the GPU's NUMA node when it is known and libnuma is there (device/numa.hpp);
+  // the storage workers they start inherit the placement.
+  const int numa_node = cuda_device_numa_node(device.index);
 
   auto reader = [&]() noexcept {
+    const NumaPlacement placement(numa_node);
     std::size_t p = 0;
     try {
       while ((p = cursor.fetch_add(1)) < pieces.size()) {

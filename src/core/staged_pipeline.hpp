@@ -23,6 +23,9 @@
 // file and offset); CUDA failures are Errors naming the file, the byte range and the device.
 // Cancellation (ReadControl::cancel) throws CancelledError.
 //
+// Placement: the reader threads (the caller's own for the call's duration, then restored) run
+// on the GPU's NUMA node when libnuma is present and sysfs knows the node (device/numa.hpp).
+//
 // Thread safety: one call runs one load; it starts and joins its own reader thread.
 #pragma once
 

@@ -43,6 +43,8 @@ typedef CUresult (*cuDeviceGetCount_fn)(int* count);
 typedef CUresult (*cuDeviceGet_fn)(CUdevice* device, int ordinal);
 typedef CUresult (*cuDeviceGetName_fn)(char* name, int len, CUdevice device);
 typedef CUresult (*cuDeviceGetAttribute_fn)(int* value, int attribute, CUdevice device);
+/* Writes "dddd:bb:dd.f" (upper-case hex, NUL-terminated) into `bus_id`; 13 bytes suffice. */
+typedef CUresult (*cuDeviceGetPCIBusId_fn)(char* bus_id, int len, CUdevice device);
 typedef CUresult (*cuDeviceTotalMem_v2_fn)(size_t* bytes, CUdevice device);
 typedef CUresult (*cuDevicePrimaryCtxRetain_fn)(CUcontext* ctx, CUdevice device);
 typedef CUresult (*cuDevicePrimaryCtxRelease_v2_fn)(CUdevice device);

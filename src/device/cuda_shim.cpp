@@ -111,6 +111,7 @@ std::unique_ptr<CudaApi> load_cuda_api(const std::string& library) {
   bind(handle, library, "cuDeviceGet", &api->device_get);
   bind(handle, library, "cuDeviceGetName", &api->device_get_name);
   bind(handle, library, "cuDeviceGetAttribute", &api->device_get_attribute);
+  bind(handle, library, "cuDeviceGetPCIBusId", &api->device_get_pci_bus_id);
   bind(handle, library, "cuDeviceTotalMem_v2", &api->device_total_mem);
   bind(handle, library, "cuDevicePrimaryCtxRetain", &api->primary_ctx_retain);
   bind(handle, library, "cuDevicePrimaryCtxRelease_v2", &api->primary_ctx_release);
@@ -180,6 +181,18 @@ void check_cuda_device(int device) {
     throw UnsupportedError(name + ": no such device (the CUDA driver reports " +
                            std::to_string(count) + (count == 1 ? " device)" : " devices)"));
   }
+}
+
+std::string cuda_pci_bus_id(int device) {
+  check_cuda_device(device);
+  const CudaApi& api = cuda_api();
+  char text[32] = {};
+  check_with(
+      &api,
+      api.device_get_pci_bus_id(text, static_cast<int>(sizeof(text)), device_handle(api, device)),
+      "cuda:" + std::to_string(device) + ": cuDeviceGetPCIBusId");
+  text[sizeof(text) - 1] = '\0';
+  return text;
 }
 
 CudaContextScope::CudaContextScope(int device) : device_(device) {

@@ -35,6 +35,7 @@ struct CudaApi {
   cuDeviceGet_fn device_get = nullptr;
   cuDeviceGetName_fn device_get_name = nullptr;
   cuDeviceGetAttribute_fn device_get_attribute = nullptr;
+  cuDeviceGetPCIBusId_fn device_get_pci_bus_id = nullptr;
   cuDeviceTotalMem_v2_fn device_total_mem = nullptr;
   cuDevicePrimaryCtxRetain_fn primary_ctx_retain = nullptr;
   cuDevicePrimaryCtxRelease_v2_fn primary_ctx_release = nullptr;
@@ -78,6 +79,10 @@ void cuda_check(CUresult result, std::string_view what);
 // Throws UnsupportedError naming "cuda:N" and the device count when `device` is not a valid
 // ordinal (or CUDA is missing).
 void check_cuda_device(int device);
+
+// The PCI address of `device` as the driver reports it (cuDeviceGetPCIBusId), e.g.
+// "0000:3B:00.0". Throws like check_cuda_device() / cuda_check(). Creates no context.
+[[nodiscard]] std::string cuda_pci_bus_id(int device);
 
 // CUdeviceptr <-> the std::byte* warpload carries in device Buffers. The pointer is an
 // address in the device's space, not dereferenceable on the host.

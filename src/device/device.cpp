@@ -1,6 +1,9 @@
 #include "warpload/device.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -37,6 +40,24 @@ bool cuda_available() noexcept {
   } catch (...) {
     return false;
   }
+}
+
+double measure_pinned_copy_gbps(Device device, std::uint64_t bytes, unsigned runs) {
+  const auto size = static_cast<std::size_t>(std::max<std::uint64_t>(bytes, 1));
+  const auto pinned = make_pinned_allocator(device)->allocate(size, 4096);
+  const auto target = make_cuda_allocator(device)->allocate(size, 256);
+  std::memset(pinned->data(), 0x5A, size);
+  const detail::CudaStream stream(device.index);
+  double best = 0;
+  for (unsigned r = 0; r <= std::max(runs, 1U); ++r) {  // run 0 warms up
+    const auto start = std::chrono::steady_clock::now();
+    detail::copy_to_device_async(target->data(), pinned->data(), size, stream);
+    stream.synchronize();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (r > 0 && seconds > 0) best = std::max(best, static_cast<double>(size) / seconds / 1e9);
+  }
+  return best;
 }
 
 }  // namespace warpload

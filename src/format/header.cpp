@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/printable.hpp"
 #include "common/unique_fd.hpp"
 #include "warpload/error.hpp"
 #include "warpload/format.hpp"
@@ -31,6 +32,9 @@ namespace ondemand = simdjson::ondemand;
 constexpr std::string_view kMetadataKey = "__metadata__";
 // Headers up to this size are parsed with a parser kept per thread (see read_json).
 constexpr std::size_t kReusedParserMaxBytes = std::size_t{4} << 20;
+// Deepest JSON nesting accepted, counting the root object as level 1. The reference parses
+// with serde_json, whose recursion limit refuses a 128th level even inside fields it ignores.
+constexpr std::size_t kMaxJsonDepth = 127;
 
 // ---- messages -------------------------------------------------------------------------------
 
@@ -60,7 +64,7 @@ std::string offsets_string(const TensorInfo& tensor) {
 
 [[noreturn]] void fail_tensor(FormatRule rule, std::string_view file, std::string_view tensor,
                               std::string_view what) {
-  fail(rule, file, cat("tensor '", tensor, "': ", what));
+  fail(rule, file, cat("tensor '", detail::printable(tensor), "': ", what));
 }
 
 // ---- length prefix (reference steps 1-3) -----------------------------------------------------
@@ -156,9 +160,83 @@ std::uint64_t read_u64(ondemand::value& value, const JsonReader& reader, std::st
   return number;
 }
 
-// `dims` is scratch space reused across entries, so that each shape is allocated once at its size.
-void read_tensor_entry(ondemand::value& value, TensorInfo& tensor, std::vector<std::uint64_t>& dims,
-                       const JsonReader& reader) {
+// Reads (and so validates) the value of an unknown field of a tensor entry, at nesting level
+// `level` (root = 1, entry = 2, the field's value = 3). On-demand parsing would skip it
+// unread, accepting malformed JSON there (`[1,,2]`, `tru`) and any depth; the reference's
+// parser (serde_json) refuses both, so it is walked here, refusing level kMaxJsonDepth + 1.
+// Recursion is bounded by kMaxJsonDepth.
+void read_unknown_value(ondemand::value value, std::size_t level, std::string_view tensor,
+                        std::string_view context, const JsonReader& reader) {
+  ondemand::json_type type;
+  if (auto error = value.type().get(type)) {
+    reader.fail(tensor, error, context, "JSON");
+  }
+  simdjson::error_code error = simdjson::SUCCESS;
+  switch (type) {
+    case ondemand::json_type::array:
+    case ondemand::json_type::object:
+      if (level > kMaxJsonDepth) {
+        reader.fail(tensor, cat(context, " nests deeper than ", kMaxJsonDepth,
+                                " levels, the reference parser's limit"));
+      }
+      if (type == ondemand::json_type::array) {
+        ondemand::array array;
+        if (auto failed = value.get_array().get(array)) {
+          reader.fail(tensor, failed, context, "JSON");
+        }
+        for (auto element : array) {
+          ondemand::value item;
+          if (auto failed = element.get(item)) {
+            reader.fail(tensor, failed, context, "JSON");
+          }
+          read_unknown_value(item, level + 1, tensor, context, reader);
+        }
+      } else {
+        ondemand::object object;
+        if (auto failed = value.get_object().get(object)) {
+          reader.fail(tensor, failed, context, "JSON");
+        }
+        for (auto member : object) {
+          ondemand::field field;
+          std::string_view key;
+          if (auto failed = std::move(member).get(field)) {
+            reader.fail(tensor, failed, context, "JSON");
+          }
+          if (auto failed = field.unescaped_key().get(key)) {
+            reader.fail(tensor, failed, context, "JSON");
+          }
+          read_unknown_value(field.value(), level + 1, tensor, context, reader);
+        }
+      }
+      break;
+    case ondemand::json_type::string: {
+      std::string_view text;
+      error = value.get_string().get(text);
+      break;
+    }
+    case ondemand::json_type::number: {
+      ondemand::number number;
+      error = value.get_number().get(number);
+      break;
+    }
+    case ondemand::json_type::boolean: {
+      bool flag = false;
+      error = value.get_bool().get(flag);
+      break;
+    }
+    case ondemand::json_type::null: {
+      bool is_null = false;
+      error = value.is_null().get(is_null);
+      if (!error && !is_null) error = simdjson::N_ATOM_ERROR;
+      break;
+    }
+  }
+  if (error) {
+    reader.fail(tensor, error, context, "JSON");
+  }
+}
+
+void read_tensor_entry(ondemand::value& value, TensorInfo& tensor, const JsonReader& reader) {
   const std::string_view name = tensor.name;
   ondemand::object entry;
   if (auto error = value.get_object().get(entry)) {
@@ -195,7 +273,7 @@ void read_tensor_entry(ondemand::value& value, TensorInfo& tensor, std::vector<s
       }
       const std::optional<DType> dtype = parse_dtype(dtype_string);
       if (!dtype) {
-        reader.fail(name, cat("unknown dtype \"", dtype_string, "\""));
+        reader.fail(name, cat("unknown dtype \"", detail::printable(dtype_string), "\""));
       }
       tensor.dtype = *dtype;
     } else if (key == "shape") {
@@ -207,15 +285,21 @@ void read_tensor_entry(ondemand::value& value, TensorInfo& tensor, std::vector<s
       if (auto error = field.value().get_array().get(array)) {
         reader.fail(name, error, "\"shape\"", "an array");
       }
-      dims.clear();
+      // Counted first so the shape is allocated once at its size: a hostile header's shape of
+      // 50 million dims then costs their 8 bytes each, not twice that in vector growth.
+      std::size_t count = 0;
+      if (auto error = array.count_elements().get(count)) {
+        reader.fail(name, error, "\"shape\"", "an array");
+      }
+      tensor.shape.clear();
+      tensor.shape.reserve(count);
       for (auto dim_result : array) {
         ondemand::value dim;
         if (auto error = dim_result.get(dim)) {
           reader.fail(name, error, "\"shape\"", "an array");
         }
-        dims.push_back(read_u64(dim, reader, name, "each \"shape\" entry"));
+        tensor.shape.push_back(read_u64(dim, reader, name, "each \"shape\" entry"));
       }
-      tensor.shape.assign(dims.begin(), dims.end());
     } else if (key == "data_offsets") {
       if (has_offsets) {
         reader.fail(name, "field \"data_offsets\" appears twice");
@@ -241,9 +325,12 @@ void read_tensor_entry(ondemand::value& value, TensorInfo& tensor, std::vector<s
       if (count != 2) {
         reader.fail(name, cat("\"data_offsets\" must have exactly 2 entries, not ", count));
       }
+    } else {
+      // Other fields are skipped, as the reference does (its TensorInfo ignores unknown keys):
+      // a file it loads must load here too; one it refuses for nesting must be refused too.
+      read_unknown_value(field.value(), 3, name, cat("field \"", detail::printable(key), "\""),
+                         reader);
     }
-    // Other fields are skipped, as the reference does (its TensorInfo ignores unknown keys):
-    // a file it loads must load here too.
   }
   if (!has_dtype) {
     reader.fail(name, "missing field \"dtype\"");
@@ -281,11 +368,12 @@ void read_metadata(ondemand::value& value, Header& header, const JsonReader& rea
     }
     std::string_view text;
     if (auto error = field.value().get_string().get(text)) {
-      reader.fail(std::nullopt, error, cat("\"__metadata__\" value of \"", key, "\""), "a string");
+      reader.fail(std::nullopt, error,
+                  cat("\"__metadata__\" value of \"", detail::printable(key), "\""), "a string");
     }
     if (!header.metadata.try_emplace(std::string(key), text).second) {
       fail(FormatRule::kDuplicateName, file,
-           cat("\"__metadata__\" key '", key, "' appears twice in the header"));
+           cat("\"__metadata__\" key '", detail::printable(key), "' appears twice in the header"));
     }
   }
 }
@@ -312,7 +400,6 @@ void read_json(const char* json, std::size_t length, std::size_t capacity, Heade
   // A guess that errs high (entries are rarely under 64 bytes) but spares rehashing.
   header.by_name.reserve(length / 64);
   bool has_metadata = false;
-  std::vector<std::uint64_t> dims;
   for (auto field_result : root) {
     ondemand::field field;
     if (auto error = std::move(field_result).get(field)) {
@@ -336,7 +423,7 @@ void read_json(const char* json, std::size_t length, std::size_t capacity, Heade
     }
     TensorInfo& tensor = header.tensors.emplace_back();
     tensor.name = it->first;
-    read_tensor_entry(field.value(), tensor, dims, reader);
+    read_tensor_entry(field.value(), tensor, reader);
   }
   // The root object is closed; anything but whitespace after it is not JSON.
   const char* rest = nullptr;

@@ -109,6 +109,12 @@ void run_uring_reads(ReadTracker& tracker, std::span<const ReadRequest> requests
 [[nodiscard]] std::unique_ptr<Storage> make_auto_storage(const StorageOptions& options);
 // "3fs": needs the USRBIO client library (storage/hf3fs_shim.hpp); throws what hf3fs_api() throws.
 [[nodiscard]] std::unique_ptr<Storage> make_usrbio_storage(const StorageOptions& options);
+// "gds": needs options.cuda_device >= 0 and cuFile (device/cufile_shim.hpp); throws
+// UnsupportedError with the reason it cannot run (cufile_open_driver()). `mode`, when not null,
+// receives the mode cuFile runs in.
+enum class CufileMode : std::uint8_t;
+[[nodiscard]] std::unique_ptr<Storage> make_gds_storage(const StorageOptions& options,
+                                                        CufileMode* mode);
 
 // AutoStorage reads files smaller than this buffered whatever their cache state.
 inline constexpr std::uint64_t kAutoDirectMinSize = 64ULL << 20;

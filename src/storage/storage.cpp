@@ -115,6 +115,8 @@ std::unique_ptr<Storage> make_storage(std::string_view name, const StorageOption
   if (name == "uring" && detail::uring_available()) return detail::make_uring_storage(options);
   // "3fs" reports why its library cannot be used (which library, which symbol).
   if (name == "3fs") return detail::make_usrbio_storage(options);
+  // "gds" likewise (no cuda_device, no CUDA, no cuFile, or its driver would not open).
+  if (name == "gds") return detail::make_gds_storage(options, nullptr);
 
   std::string names;
   for (const std::string& available : available_storage_names()) {

@@ -329,6 +329,18 @@ FAKE_CUDA_EXPORT CUresult cuDeviceGetAttribute(int* value, int attribute, CUdevi
   }
 }
 
+FAKE_CUDA_EXPORT CUresult cuDeviceGetPCIBusId(char* bus_id, int len, CUdevice device) {
+  if (bus_id == nullptr || len <= 0) return kInvalidValue;
+  State& s = state();
+  const std::lock_guard<std::mutex> lock(s.mutex);
+  if (!s.initialized) return kNotInitialized;
+  if (device < 0 || device >= s.device_count) return kInvalidDevice;
+  // Bus 0x10 + N, as cuDeviceGetAttribute(PCI_BUS_ID) reports; upper-case like the real one.
+  if (len < 13) return kInvalidValue;
+  std::snprintf(bus_id, static_cast<std::size_t>(len), "0000:%02X:00.0", 0x10 + device);
+  return kSuccess;
+}
+
 FAKE_CUDA_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
   if (bytes == nullptr) return kInvalidValue;
   State& s = state();
@@ -705,6 +717,15 @@ FAKE_CUDA_EXPORT long long fake_cuda_async_copies() {
 }
 FAKE_CUDA_EXPORT long long fake_cuda_pageable_async_copies() {
   return locked([](State& s) { return s.pageable_copies; });
+}
+FAKE_CUDA_EXPORT int fake_cuda_device_range(unsigned long long p, size_t bytes) {
+  return locked([p, bytes](State& s) { return in_device_memory(s, p, bytes) ? 1 : 0; });
+}
+FAKE_CUDA_EXPORT int fake_cuda_current_device() {
+  return locked([](State& s) {
+    Context* context = nullptr;
+    return require_context(s, &context) == kSuccess ? context->device : -1;
+  });
 }
 FAKE_CUDA_EXPORT void fake_cuda_reset() {
   locked([](State& s) {

@@ -4,6 +4,8 @@
 #ifndef WARPLOAD_FAKE_CUDA_API_H_
 #define WARPLOAD_FAKE_CUDA_API_H_
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -22,6 +24,11 @@ typedef int (*fake_cuda_primary_ctx_refcount_fn)(int device);
  * registered) host memory. */
 typedef long long (*fake_cuda_async_copies_fn)(void);
 typedef long long (*fake_cuda_pageable_async_copies_fn)(void);
+/* 1 when [p, p + bytes) lies inside one live cuMemAlloc allocation, else 0 (the fake cuFile,
+ * tests/fake_cufile/, checks its destinations with it). */
+typedef int (*fake_cuda_device_range_fn)(unsigned long long p, size_t bytes);
+/* The device whose primary context is current on the calling thread, or -1 for none. */
+typedef int (*fake_cuda_current_device_fn)(void);
 /* Re-reads FAKE_CUDA_FAIL_ALLOC_AFTER / FAKE_CUDA_FAIL_COPY_AFTER / FAKE_CUDA_COPY_DELAY_US,
  * restarts the injection counters and clears sticky errors. Does not touch live objects. */
 typedef void (*fake_cuda_reset_fn)(void);

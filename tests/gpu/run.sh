@@ -2,57 +2,140 @@
 # GPU check for a real CUDA machine (H100/H200, CUDA driver, PyTorch + safetensors, cmake,
 # ninja; no internet needed). Run from the repository root:
 #
-#   tests/gpu/run.sh
+#   tests/gpu/run.sh                     # the real thing (< 8 minutes)
+#   WARPLOAD_GPU_DRY=1 tests/gpu/run.sh  # dry run on any machine: fake CUDA driver and fake
+#                                        # cuFile from the build, 64 MiB checkpoint, no torch
 #
-# 1. builds Release into build-gpu-real/;
-# 2. runs gpu_pipeline_test against the REAL libcuda.so.1 (WARPLOAD_GPU_REAL=1: the fake-only
-#    checks skip);
+# 1. builds Release into build-gpu-real/ (dry: build-gpu-dry/);
+# 2. runs gpu_pipeline_test and gds_test against the REAL libcuda.so.1 and libcufile.so.0
+#    (WARPLOAD_GPU_REAL=1: the fake-only checks skip; gds runs in whatever mode cuFile offers
+#    here -- GDS with nvidia-fs, else compatibility mode -- and skips without libcufile);
 # 3. generates an ~8 GiB checkpoint, warms the page cache, and times
-#      warpload load --device cuda:0 (best of 3),
+#      warpload load --device cuda:0 --backend auto   (best of 3; staged unless GDS mode)
+#      warpload load --device cuda:0 --backend gds    (best of 3; cuFile's mode, or n/a)
+#      warpload bench --device cuda:0 (auto, posix, gds; 1 run): the pinned H2D limit
+#        measured by warpload itself, and every row against it
 #      safetensors.torch.load_file(device="cuda:0") + torch.cuda.synchronize() (best of 3),
-#      a pinned host-to-device copy (torch, non_blocking + synchronize): the PCIe ceiling;
+#      a pinned host-to-device copy with torch (non_blocking + synchronize): the PCIe ceiling;
 # 4. prints a markdown table LAST.
-# Outputs (logs, JSON) go to $OUT when set, else build-gpu-real/gpu-out/. Budget: < 8 min.
+# Outputs (logs, JSON) go to $OUT when set, else $BUILD/gpu-out/. Overrides: WARPLOAD_GPU_BUILD
+# (build folder), WARPLOAD_GPU_SIZE, WARPLOAD_GPU_CKPT, WARPLOAD_GPU_BUILD_TIMEOUT (s, 300).
 set -euo pipefail
 
-BUILD=build-gpu-real
+DRY=${WARPLOAD_GPU_DRY:-0}
+if [[ "$DRY" == 1 ]]; then
+  BUILD=${WARPLOAD_GPU_BUILD:-build-gpu-dry}
+  SIZE=${WARPLOAD_GPU_SIZE:-64MiB}
+else
+  BUILD=${WARPLOAD_GPU_BUILD:-build-gpu-real}
+  SIZE=${WARPLOAD_GPU_SIZE:-8GiB}
+fi
 OUT_DIR=${OUT:-$BUILD/gpu-out}
-CKPT=${WARPLOAD_GPU_CKPT:-$BUILD/ckpt-8g}
-SIZE=${WARPLOAD_GPU_SIZE:-8GiB}
+CKPT=${WARPLOAD_GPU_CKPT:-$BUILD/ckpt-$SIZE}
+JOBS=$(nproc)
 mkdir -p "$OUT_DIR"
 log() { printf '== %s\n' "$*" >&2; }
+# Hermetic: no developer settings file steers a load.
+export XDG_CONFIG_HOME="$PWD/$BUILD/no-config" WARPLOAD_CONFIG=
 
 log "configure + build ($BUILD)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWARPLOAD_BUILD_EXAMPLES=OFF \
   -DWARPLOAD_BUILD_BENCHMARKS=OFF >"$OUT_DIR/cmake.log" 2>&1
-ninja -C "$BUILD" -j"$(nproc)" gpu_pipeline_test warpload_cli >"$OUT_DIR/build.log" 2>&1
+timeout "${WARPLOAD_GPU_BUILD_TIMEOUT:-300}" ninja -C "$BUILD" -j"$JOBS" gpu_pipeline_test gds_test distributed_test warpload_cli fake_cuda \
+  fake_cufile >"$OUT_DIR/build.log" 2>&1 || { tail -30 "$OUT_DIR/build.log"; exit 1; }
 
-log "gpu_pipeline_test on the real driver"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT_DIR/nvidia-smi.txt" \
-  2>&1 || true
-WARPLOAD_GPU_REAL=1 WARPLOAD_CUDA_LIB= XDG_CONFIG_HOME="$BUILD/no-config" WARPLOAD_CONFIG= \
-  timeout 240 "$BUILD/tests/gpu_pipeline_test" 2>&1 | tee "$OUT_DIR/gpu_pipeline_test.log" | tail -3
+if [[ "$DRY" == 1 ]]; then
+  # The fakes stand in for the driver and cuFile; the tests know them by WARPLOAD_FAKE_*.
+  export WARPLOAD_CUDA_LIB="$PWD/$BUILD/fake-cuda/libcuda.so.1"
+  export WARPLOAD_CUFILE_LIB="$PWD/$BUILD/fake-cufile/libcufile.so.0"
+  export FAKE_CUFILE_CUDA_LIB="$WARPLOAD_CUDA_LIB"
+  TEST_ENV=(env)
+  WHAT="dry run: fakes"
+else
+  nvidia-smi --query-gpu=name,driver_version,memory.total,pci.bus_id --format=csv \
+    >"$OUT_DIR/nvidia-smi.txt" 2>&1 || true
+  lsmod 2>/dev/null | grep -E '^nvidia_fs' >"$OUT_DIR/nvidia-fs.txt" || echo "nvidia_fs not loaded" \
+    >"$OUT_DIR/nvidia-fs.txt"
+  export WARPLOAD_CUDA_LIB='' WARPLOAD_CUFILE_LIB=''
+  TEST_ENV=(env WARPLOAD_GPU_REAL=1)
+  WHAT="real driver"
+fi
+
+TESTS_OK=1
+for test in gpu_pipeline_test gds_test; do
+  log "$test ($WHAT)"
+  if ! "${TEST_ENV[@]}" timeout 240 "$BUILD/tests/$test" >"$OUT_DIR/$test.log" 2>&1; then
+    TESTS_OK=0
+  fi
+  tail -3 "$OUT_DIR/$test.log" >&2
+done
+# NCCL path of the multi-rank loader, one process: a single-rank communicator all-gathers and
+# broadcasts a tensor loaded to cuda:0 (skips without libnccl.so.2; no NCCL in dry runs).
+if [[ "$DRY" != 1 ]]; then
+  log "distributed_test Nccl.* ($WHAT)"
+  if ! "${TEST_ENV[@]}" timeout 120 "$BUILD/tests/distributed_test" --gtest_filter='Nccl.*' \
+    >"$OUT_DIR/distributed_test.log" 2>&1; then
+    TESTS_OK=0
+  fi
+  tail -3 "$OUT_DIR/distributed_test.log" >&2
+fi
 
 log "checkpoint ($SIZE) in $CKPT"
-if [[ ! -d "$CKPT" ]]; then
+if [[ ! -f "$CKPT/model.safetensors.index.json" ]]; then
+  rm -rf "$CKPT"
   "$BUILD/warpload" gen "$CKPT" --size "$SIZE" >"$OUT_DIR/gen.log"
 fi
-# Warm the page cache: every run below reads from memory, so the numbers compare the
-# pipelines, not the disk.
+# Warm the page cache: the timed loads read from memory, so they compare the pipelines with
+# each other and with the bus, not with the disk.
 cat "$CKPT"/*.safetensors >/dev/null
 
-log "warpload load --device cuda:0 (best of 3)"
-WL_BEST=0
-for run in 1 2 3; do
-  XDG_CONFIG_HOME="$BUILD/no-config" WARPLOAD_CONFIG= \
-    "$BUILD/warpload" load "$CKPT" --device cuda:0 --json >"$OUT_DIR/warpload-load-$run.json"
-  gbps=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gbps"])' \
-    "$OUT_DIR/warpload-load-$run.json")
-  WL_BEST=$(python3 -c "print(max($WL_BEST, $gbps))")
-done
+# best_of BACKEND: best GB/s of 3 loads to cuda:0, and how the load resolved; "n/a" when the
+# load failed or (for gds) fell back to the staged pipeline.
+best_of() {
+  local backend=$1 best=0 ran=n/a run json
+  for run in 1 2 3; do
+    json="$OUT_DIR/load-$backend-$run.json"
+    if ! timeout 120 "$BUILD/warpload" load "$CKPT" --device cuda:0 --backend "$backend" --json \
+      >"$json" 2>"$OUT_DIR/load-$backend-$run.err"; then
+      echo "n/a load-failed"
+      return
+    fi
+    read -r gbps ran < <(python3 - "$json" "$backend" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+route = j["backend"] + ("-compat-mode" if j.get("gds_compat_mode") else "")
+if sys.argv[2] == "gds" and j.get("gds_fallback"):
+    print("nan", "fell-back")
+else:
+    print(j["gbps"], route)
+PY
+    )
+    if [[ "$gbps" == nan ]]; then
+      echo "n/a fell-back"
+      return
+    fi
+    best=$(python3 -c "print(max($best, $gbps))")
+  done
+  echo "$best $ran"
+}
 
-log "safetensors + pinned copy (torch)"
-python3 - "$CKPT" "$OUT_DIR/torch.json" <<'PY'
+log "warpload load --device cuda:0 --backend auto (best of 3)"
+read -r AUTO_BEST AUTO_RAN < <(best_of auto)
+log "warpload load --device cuda:0 --backend gds (best of 3)"
+read -r GDS_BEST GDS_RAN < <(best_of gds)
+GDS_MODE=$(head -1 "$OUT_DIR/load-gds-1.err" 2>/dev/null || true)
+
+log "warpload bench --device cuda:0 (auto, posix, gds; 1 run)"
+timeout 300 "$BUILD/warpload" bench "$CKPT" --device cuda:0 --runs 1 --backends auto,posix,gds \
+  --json >"$OUT_DIR/bench-device.json" 2>"$OUT_DIR/bench-device.log" || true
+
+if [[ "$DRY" == 1 ]] || ! python3 -c 'import torch, safetensors' 2>/dev/null; then
+  log "torch + safetensors: skipped ($WHAT, or not installed)"
+  echo '{"safetensors_gbps": null, "pinned_h2d_gbps": null, "bytes": null, "device": null}' \
+    >"$OUT_DIR/torch.json"
+else
+  log "safetensors + pinned copy (torch)"
+  timeout 300 python3 - "$CKPT" "$OUT_DIR/torch.json" <<'PY'
 import glob, json, os, sys, time
 import torch
 from safetensors.torch import load_file
@@ -89,16 +172,44 @@ for _ in range(3):
 json.dump({"safetensors_gbps": best_st, "pinned_h2d_gbps": best_pin, "bytes": total,
            "device": torch.cuda.get_device_name(0)}, open(out, "w"))
 PY
+fi
 
-python3 - "$WL_BEST" "$OUT_DIR/torch.json" <<'PY' | tee "$OUT_DIR/summary.md"
-import json, sys
-wl = float(sys.argv[1])
-t = json.load(open(sys.argv[2]))
+python3 - "$AUTO_BEST" "$AUTO_RAN" "$GDS_BEST" "$GDS_RAN" "$OUT_DIR/torch.json" \
+  "$OUT_DIR/bench-device.json" "$CKPT" "$TESTS_OK" "$DRY" "$GDS_MODE" <<'PY' | tee "$OUT_DIR/summary.md"
+import glob, json, os, sys
+
+auto, auto_ran, gds, gds_ran, torch_path, bench_path, ckpt, tests_ok, dry, gds_note = sys.argv[1:11]
+t = json.load(open(torch_path))
+try:
+    bench = json.load(open(bench_path))
+except (OSError, ValueError):
+    bench = {"rows": [], "h2d_limit_gbps": None}
+h2d = bench.get("h2d_limit_gbps")
 st, pin = t["safetensors_gbps"], t["pinned_h2d_gbps"]
-print(f"\n{t['device']}, {t['bytes'] / 2**30:.1f} GiB checkpoint, page cache warm, best of 3\n")
-print("| load to cuda:0 | GB/s | vs pinned H2D | vs safetensors |")
-print("|---|---:|---:|---:|")
-print(f"| warpload (staged) | {wl:.2f} | {wl / pin:.2f} | {wl / st:.2f} |")
-print(f"| safetensors load_file | {st:.2f} | {st / pin:.2f} | 1.00 |")
-print(f"| pinned H2D copy (torch) | {pin:.2f} | 1.00 | {pin / st:.2f} |")
+size = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ckpt, "*.safetensors")))
+
+def num(x):
+    return None if x in (None, "n/a") else float(x)
+
+def cell(x, fmt="{:.2f}"):
+    return "n/a" if x is None else fmt.format(x)
+
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+rows = [(f"warpload auto ({auto_ran})", num(auto)), (f"warpload gds ({gds_ran})", num(gds))]
+for r in bench.get("rows", []):
+    rows.append((f"bench warm {r['label']} ({r.get('warm_backend') or 'n/a'})", r.get("warm_gbps")))
+rows += [("safetensors load_file", st), ("pinned H2D (torch, 2 GiB)", pin),
+         ("pinned H2D (warpload bench, 256 MiB)", h2d)]
+where = "DRY RUN on the fakes (numbers mean nothing)" if dry == "1" else (t["device"] or "GPU")
+print(f"\n{where}, {size / 2**30:.1f} GiB checkpoint, page cache warm; GPU tests "
+      f"{'passed' if tests_ok == '1' else 'FAILED (see logs)'}")
+if gds_note:
+    print(f"gds: {gds_note}")
+print("\n| load to cuda:0 | GB/s | vs pinned H2D (torch) | vs H2D (warpload) | vs safetensors |")
+print("|---|---:|---:|---:|---:|")
+for name, v in rows:
+    print(f"| {name} | {cell(v)} | {cell(ratio(v, pin))} | {cell(ratio(v, h2d))} "
+          f"| {cell(ratio(v, st))} |")
 PY

@@ -12,6 +12,8 @@
 //   kInterrupt  once: -EINTR, nothing read
 //   kTryAgain   once: -EAGAIN, nothing read
 //   kIoError    every read covering the offset: -EIO
+//   kCorrupt    every read covering the offset succeeds, with the byte at the offset inverted
+//               (silent corruption: only LoadOptions::verify or a manifest can notice)
 #pragma once
 
 #include <atomic>
@@ -24,7 +26,7 @@
 
 namespace warpload::testing {
 
-enum class Fault : std::uint8_t { kNone, kShortRead, kInterrupt, kTryAgain, kIoError };
+enum class Fault : std::uint8_t { kNone, kShortRead, kInterrupt, kTryAgain, kIoError, kCorrupt };
 
 struct FaultPlan {
   Fault fault = Fault::kNone;
@@ -59,6 +61,14 @@ class FaultyFile final : public StorageFile {
       case Fault::kIoError:
         counters_->injected.fetch_add(1);
         return -EIO;
+      case Fault::kCorrupt: {
+        const std::int64_t got = inner_->read_some(dest, size, offset);
+        if (got > static_cast<std::int64_t>(plan_.offset - offset)) {
+          counters_->injected.fetch_add(1);
+          dest[plan_.offset - offset] ^= std::byte{0xff};
+        }
+        return got;
+      }
       case Fault::kInterrupt:
       case Fault::kTryAgain:
         if (fired_.exchange(true)) break;

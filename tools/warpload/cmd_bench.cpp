@@ -1,4 +1,8 @@
-// warpload bench PATH... [--runs 3] [--json] [--backends a,b,...]
+// warpload bench PATH... [--runs 3] [--json] [--backends a,b,...] [--device cuda:N]
+//
+// With --device cuda:N every row loads into that device (host backends through the staged
+// pipeline, plus a "gds" row), and the pinned host-to-device copy rate, measured first in the
+// same run, is a third limit.
 //
 // Cold phase first (the cold limit, then every row with the page cache dropped before each
 // run), then the warm phase (files read into the cache once, the warm limit, every row):
@@ -19,6 +23,7 @@
 #include "machine_limits.hpp"
 #include "text_table.hpp"
 #include "units.hpp"
+#include "warpload/device.hpp"
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
 
@@ -29,6 +34,9 @@ namespace fs = std::filesystem;
 
 // Below this fraction of bytes cached, the warm phase reads the files in again.
 constexpr double kWarmEnough = 0.99;
+// The pinned host-to-device limit: 256 MiB per copy, best of 5 (after a warm-up copy).
+constexpr std::uint64_t kH2dBytes = std::uint64_t{256} << 20;
+constexpr unsigned kH2dRuns = 5;
 
 struct Measurement {
   std::optional<double> gbps;  // best of the runs; empty when not measured
@@ -48,6 +56,8 @@ struct BenchResult {
   std::vector<BenchRow> rows;
   std::optional<double> cold_limit;
   std::optional<double> warm_limit;
+  std::string device = "cpu";
+  std::optional<double> h2d_limit;  // --device cuda:N: pinned host-to-device copies
   std::size_t files = 0;
   std::uint64_t bytes = 0;       // tensor bytes, as the loader counts them
   std::uint64_t file_bytes = 0;  // whole files, as the limits read them
@@ -78,9 +88,11 @@ std::string gbps_text(const std::optional<double>& gbps) {
   return gbps ? fmt::format("{:.2f} GB/s", *gbps) : std::string("n/a");
 }
 
-LoadStats load_once(const BenchRow& row, const std::vector<fs::path>& paths) {
+LoadStats load_once(const BenchRow& row, const std::vector<fs::path>& paths,
+                    const std::string& device) {
   LoadOptions options;
   options.backend = row.backend;
+  options.device = device;
   options.storage.direct = row.direct;
   options.use_config = false;  // bench measures the built-in defaults, never a tuned config
   Loader loader(std::move(options));
@@ -92,7 +104,7 @@ LoadStats load_once(const BenchRow& row, const std::vector<fs::path>& paths) {
 
 // Best of `runs` loads; `before_each` prepares the page cache and returns false to give up.
 void measure_row(const BenchRow& row, Measurement& m, const std::vector<fs::path>& paths,
-                 unsigned runs, const std::function<bool()>& before_each,
+                 const std::string& device, unsigned runs, const std::function<bool()>& before_each,
                  std::vector<std::string>& notes) {
   try {
     for (unsigned r = 0; r < runs; ++r) {
@@ -102,7 +114,13 @@ void measure_row(const BenchRow& row, Measurement& m, const std::vector<fs::path
         m.gbps.reset();
         return;
       }
-      const LoadStats stats = load_once(row, paths);
+      const LoadStats stats = load_once(row, paths, device);
+      if (row.backend == "gds" && !stats.gds_fallback.empty()) {
+        // The load went through the staged pipeline: that is another row's figure.
+        notes.push_back(fmt::format("gds: not used: {}", stats.gds_fallback));
+        m.gbps.reset();
+        return;
+      }
       if (!m.gbps || stats.gbps() > *m.gbps) {
         m.gbps = stats.gbps();
         m.resolved = describe_backend(stats, row.direct);
@@ -134,7 +152,16 @@ std::optional<double> best_limit(Throughput (*measure)(std::span<const fs::path>
 }
 
 BenchResult run_measurements(const BenchOptions& options) {
-  const std::vector<std::string> available = available_storage_names();
+  Device device;
+  try {
+    device = Device::parse(options.device);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(fmt::format("--device: {}", e.what()));
+  }
+  std::vector<std::string> available = available_storage_names();
+  if (device.is_cuda()) {
+    available.emplace_back("gds");  // device loads only
+  }
   std::vector<std::string> selected;
   if (options.backends.empty()) {
     selected = available;
@@ -152,6 +179,7 @@ BenchResult run_measurements(const BenchOptions& options) {
 
   BenchResult result;
   result.runs = options.runs;
+  result.device = device.name();
   for (const std::string& name : selected) {
     result.rows.push_back({name, false, {}, {}});
     if (backend_takes_direct(name)) {
@@ -173,6 +201,11 @@ BenchResult run_measurements(const BenchOptions& options) {
   report(fmt::format("{} files, {} ({} bytes), best of {} run{}", result.files,
                      format_bytes(result.file_bytes), result.file_bytes, options.runs,
                      options.runs == 1 ? "" : "s"));
+  if (device.is_cuda()) {
+    // Measured first, in this run: the ceiling of every row, whatever the storage does.
+    result.h2d_limit = measure_pinned_copy_gbps(device, kH2dBytes, kH2dRuns);
+    report(fmt::format("H2D limit    {} ({})", gbps_text(result.h2d_limit), result.device));
+  }
 
   // ---- cold ----
   // Dropping first also writes back the pages of a checkpoint generated moments ago, which
@@ -196,7 +229,7 @@ BenchResult run_measurements(const BenchOptions& options) {
       continue;
     }
     measure_row(
-        row, row.cold, options.paths, options.runs,
+        row, row.cold, options.paths, result.device, options.runs,
         [&] {
           // O_DIRECT rows do not need the drop, but auto decides by residency.
           return !can_drop || drop_page_cache(files) != CacheDrop::kFailed || row.direct;
@@ -216,7 +249,7 @@ BenchResult run_measurements(const BenchOptions& options) {
   result.warm_limit = best_limit(&measure_warm_limit, files, options.runs);
   report(fmt::format("warm limit   {}", gbps_text(result.warm_limit)));
   for (BenchRow& row : result.rows) {
-    measure_row(row, row.warm, options.paths, options.runs, make_warm, result.notes);
+    measure_row(row, row.warm, options.paths, result.device, options.runs, make_warm, result.notes);
     report(fmt::format("warm  {:<16} {}", row.label(), gbps_text(row.warm.gbps)));
   }
   return result;
@@ -226,26 +259,47 @@ std::string optional_text(const std::optional<double>& value, const char* format
   return value ? fmt::format(fmt::runtime(format), *value) : std::string("—");
 }
 
+std::optional<double> percent(const std::optional<double>& fraction) {
+  return fraction ? std::optional(*fraction * 100) : std::nullopt;
+}
+
 void print_text(const BenchResult& r) {
-  TextTable table({{"backend"},
-                   {"cold GB/s", TextTable::kRight},
-                   {"% cold limit", TextTable::kRight},
-                   {"warm GB/s", TextTable::kRight},
-                   {"% warm limit", TextTable::kRight},
-                   {"× mmap (warm)", TextTable::kRight}});
+  const bool device = r.device != "cpu";
+  std::vector<TextTable::Column> columns = {{"backend"},
+                                            {"cold GB/s", TextTable::kRight},
+                                            {"% cold limit", TextTable::kRight},
+                                            {"warm GB/s", TextTable::kRight},
+                                            {"% warm limit", TextTable::kRight},
+                                            {"× mmap (warm)", TextTable::kRight}};
+  if (device) {
+    columns.push_back({"% H2D (warm)", TextTable::kRight});
+  }
+  TextTable table(std::move(columns));
   const std::optional<double> mmap_warm = r.mmap_warm();
   for (const BenchRow& row : r.rows) {
-    const std::optional<double> cold_pct = ratio(row.cold.gbps, r.cold_limit);
-    const std::optional<double> warm_pct = ratio(row.warm.gbps, r.warm_limit);
-    table.add_row(
-        {row.label(), optional_text(row.cold.gbps, "{:.2f}"),
-         optional_text(cold_pct ? std::optional(*cold_pct * 100) : std::nullopt, "{:.0f}%"),
-         optional_text(row.warm.gbps, "{:.2f}"),
-         optional_text(warm_pct ? std::optional(*warm_pct * 100) : std::nullopt, "{:.0f}%"),
-         optional_text(ratio(row.warm.gbps, mmap_warm), "{:.2f}×")});
+    std::vector<std::string> cells = {
+        row.label(),
+        optional_text(row.cold.gbps, "{:.2f}"),
+        optional_text(percent(ratio(row.cold.gbps, r.cold_limit)), "{:.0f}%"),
+        optional_text(row.warm.gbps, "{:.2f}"),
+        optional_text(percent(ratio(row.warm.gbps, r.warm_limit)), "{:.0f}%"),
+        optional_text(ratio(row.warm.gbps, mmap_warm), "{:.2f}×")};
+    if (device) {
+      cells.push_back(optional_text(percent(ratio(row.warm.gbps, r.h2d_limit)), "{:.0f}%"));
+    }
+    table.add_row(std::move(cells));
   }
   std::string out = table.render();
   out += '\n';
+  if (device) {
+    out += fmt::format(
+        "device: {} (host backends through the staged pipeline of pinned buffers and async "
+        "copies; gds, and auto where cuFile runs in GDS mode, straight into device memory)\n",
+        r.device);
+    out += fmt::format(
+        "H2D limit: {}  (pinned host-to-device copies of {}, cuMemcpyHtoDAsync, best of {})\n",
+        gbps_text(r.h2d_limit), format_bytes(kH2dBytes), kH2dRuns);
+  }
   out += fmt::format("cold limit: {}  (sequential O_DIRECT reads of 1 MiB, one at a time)\n",
                      gbps_text(r.cold_limit));
   out += fmt::format(
@@ -290,9 +344,11 @@ void print_json(const BenchResult& r) {
       .field("file_bytes", r.file_bytes)
       .field("runs", r.runs)
       .field("cache_drop", cache_drop_name(r.cache_drop))
+      .field("device", r.device)
       .field("uses_config", false);
   optional_field(w, "cold_limit_gbps", r.cold_limit);
   optional_field(w, "warm_limit_gbps", r.warm_limit);
+  optional_field(w, "h2d_limit_gbps", r.h2d_limit);
   const std::optional<double> mmap_warm = r.mmap_warm();
   w.key("rows").begin_array();
   for (const BenchRow& row : r.rows) {
@@ -307,6 +363,8 @@ void print_json(const BenchResult& r) {
     optional_field(w, "warm_fraction_of_limit", ratio(row.warm.gbps, r.warm_limit));
     w.field("warm_backend", row.warm.resolved);
     optional_field(w, "warm_vs_mmap", ratio(row.warm.gbps, mmap_warm));
+    optional_field(w, "warm_fraction_of_h2d", ratio(row.warm.gbps, r.h2d_limit));
+    optional_field(w, "cold_fraction_of_h2d", ratio(row.cold.gbps, r.h2d_limit));
     w.end_object();
   }
   w.end_array();

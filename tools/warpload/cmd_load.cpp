@@ -1,5 +1,6 @@
 // warpload load PATH... [--backend NAME] [--direct] [--threads N] [--block-size B]
 //                       [--queue-depth Q] [--config FILE] [--device DEV] [--hash] [--json]
+//                       [--verify] [--manifest FILE]
 
 #include <fmt/core.h>
 #include <sys/resource.h>
@@ -13,6 +14,7 @@
 #include "backend_names.hpp"
 #include "commands.hpp"
 #include "json_writer.hpp"
+#include "manifest.hpp"
 #include "progress.hpp"
 #include "text_table.hpp"
 #include "units.hpp"
@@ -52,7 +54,11 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
       .field("direct", stats.storage.direct)
       .field("direct_files", static_cast<std::uint64_t>(stats.direct_files))
       .field("files", static_cast<std::uint64_t>(stats.files))
+      .field("gds_fallback", stats.gds_fallback)
+      .field("gds_compat_mode", stats.gds_compat_mode)
       .field("peak_rss_bytes", peak_rss_bytes());
+  if (options.verify) w.field("verify_seconds", stats.verify_seconds);
+  if (!options.manifest.empty()) w.field("manifest", options.manifest.string());
   w.key("config");
   if (stats.config.empty()) {
     w.null();
@@ -121,6 +127,14 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
   if (!stats.config.empty()) {
     out += fmt::format("config: {}\n", stats.config.string());
   }
+  if (options.verify) {
+    out += fmt::format("verify: every tensor re-read from its file and identical ({})\n",
+                       format_seconds(stats.verify_seconds));
+  }
+  if (!options.manifest.empty()) {
+    out += fmt::format("manifest: {} tensors match {}\n", tensors.size(),
+                       options.manifest.string());
+  }
   const std::uint64_t rss = peak_rss_bytes();
   out += fmt::format(
       "peak RSS {} ({:+.1f}% over the bytes loaded)\n", format_bytes(rss),
@@ -140,6 +154,9 @@ std::string describe_backend(const LoadStats& stats, bool direct) {
                ? "3fs, zero copy into iovs"
                : "3fs, through staging iovs";
   }
+  if (stats.backend == "gds") {
+    return stats.gds_compat_mode ? "gds, cuFile compatibility mode" : "gds";
+  }
   if (!direct) return stats.backend;
   if (stats.direct_files == stats.files) return stats.backend + ", O_DIRECT";
   return fmt::format("{}, O_DIRECT for {} of {} file{}; the file system refused it for the rest",
@@ -147,8 +164,16 @@ std::string describe_backend(const LoadStats& stats, bool direct) {
 }
 
 void run_load(const LoadCommandOptions& options) {
+  bool to_device = false;
+  try {
+    to_device = Device::parse(options.device).is_cuda();
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(fmt::format("--device: {}", e.what()));
+  }
   if (!options.backend.empty()) {
-    check_backend_name(options.backend, available_storage_names(), "--backend");
+    std::vector<std::string> names = available_storage_names();
+    if (to_device) names.emplace_back("gds");  // device loads only; falls back to staged
+    check_backend_name(options.backend, names, "--backend");
   }
   if (options.direct) {
     // Without --backend the config picks the backend: resolve it the way the loader will.
@@ -164,12 +189,6 @@ void run_load(const LoadCommandOptions& options) {
     }
   }
 
-  try {
-    (void)Device::parse(options.device);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(fmt::format("--device: {}", e.what()));
-  }
-
   LoadOptions load_options;
   load_options.backend = options.backend;
   load_options.config = options.config;
@@ -178,12 +197,17 @@ void run_load(const LoadCommandOptions& options) {
   load_options.storage.threads = options.threads;
   load_options.storage.block_size = options.block_size;
   load_options.storage.queue_depth = options.queue_depth;
+  load_options.verify = options.verify;
   ProgressBar bar(stderr, "load");
   if (bar.enabled()) {
     load_options.on_progress = [&bar](std::uint64_t done, std::uint64_t total) {
       bar.update(done, total);
     };
   }
+
+  // Read before the load, so a bad manifest fails fast.
+  const std::optional<Manifest> manifest =
+      options.manifest.empty() ? std::nullopt : std::optional(read_manifest(options.manifest));
 
   Loader loader(std::move(load_options));
   loader.add(options.paths);
@@ -197,7 +221,7 @@ void run_load(const LoadCommandOptions& options) {
   for (const PlannedFile& file : loader.files()) {
     for (const TensorInfo& info : file.header.tensors) {
       LoadedTensor t{&file, &info, 0};
-      if (options.hash) {
+      if (options.hash || !options.manifest.empty()) {
         const TensorView view = loader.tensor(info.name);
         if (view.memory == MemoryKind::kDevice) {
           host_copy.resize(view.nbytes);
@@ -209,6 +233,11 @@ void run_load(const LoadCommandOptions& options) {
       }
       tensors.push_back(t);
     }
+  }
+  if (manifest) {
+    std::vector<TensorDigest> digests;
+    for (const LoadedTensor& t : tensors) digests.push_back({t.file, t.info, t.xxh3});
+    check_manifest(*manifest, digests);
   }
 
   if (options.json) {

@@ -43,14 +43,26 @@ struct LoadCommandOptions {
   unsigned queue_depth = 0;      // 0 = backend default
   bool hash = false;
   bool json = false;
+  bool verify = false;             // LoadOptions::verify: re-read every tensor and compare
+  std::filesystem::path manifest;  // --manifest FILE: check every tensor's XXH3-64 against it
 };
 void run_load(const LoadCommandOptions& options);
+
+// `warpload hash`: a manifest of per-tensor XXH3-64 digests on stdout (manifest.hpp).
+struct HashOptions {
+  std::vector<std::filesystem::path> paths;
+  std::string backend;  // "" = the config's backend, else auto
+};
+void run_hash(const HashOptions& options);
 
 struct BenchOptions {
   std::vector<std::filesystem::path> paths;
   unsigned runs = 3;
   bool json = false;
   std::vector<std::string> backends;  // empty = every available backend
+  // "cpu", or "cuda:N": every backend staged into the device, plus "gds", against the measured
+  // pinned host-to-device copy rate as well as the cold and warm limits.
+  std::string device = "cpu";
 };
 void run_bench(const BenchOptions& options);
 

@@ -145,12 +145,27 @@ int run(int argc, char** argv) {
                        "settings file from `warpload tune` (default: $WARPLOAD_CONFIG, else "
                        "~/.config/warpload/config.json if it exists)");
   load_cmd->add_option("--device", load.device,
-                       "where tensors go: cpu or cuda:N (staged through pinned memory; "
-                       "default: cpu)");
+                       "where tensors go: cpu or cuda:N (GPUDirect Storage with --backend gds "
+                       "or auto where it works, else staged through pinned memory; default: cpu)");
   load_cmd->add_flag("--hash", load.hash,
                      "print XXH3-64 of every tensor (after the timing; device tensors are "
                      "copied back to host first)");
   load_cmd->add_flag("--json", load.json, "print one JSON object");
+  load_cmd->add_flag("--verify", load.verify,
+                     "after the load, re-read every tensor from its file with plain pread() and "
+                     "fail on any difference (exit 5)");
+  load_cmd->add_option("--manifest", load.manifest,
+                       "check every tensor's XXH3-64 against a manifest from `warpload hash` "
+                       "(a difference: exit 3)");
+
+  std::vector<std::string> hash_paths;
+  cli::HashOptions hash;
+  CLI::App* hash_cmd = app.add_subcommand(
+      "hash", "Print a manifest of per-tensor XXH3-64 digests (for load --manifest)");
+  add_paths(hash_cmd, hash_paths);
+  hash_cmd->add_option("--backend", hash.backend,
+                       "storage backend (default: the config's, else auto); the bytes are "
+                       "verified with a second, plain read either way");
 
   std::vector<std::string> bench_paths;
   cli::BenchOptions bench;
@@ -165,6 +180,9 @@ int run(int argc, char** argv) {
       ->add_option("--backends", bench.backends,
                    "comma-separated backends to measure (default: all available)")
       ->delimiter(',');
+  bench_cmd->add_option("--device", bench.device,
+                        "cpu or cuda:N: load into the device (every backend staged, plus gds) and "
+                        "add the measured pinned host-to-device copy rate as a limit");
 
   std::vector<std::string> tune_paths;
   cli::TuneOptions tune;
@@ -202,7 +220,8 @@ int run(int argc, char** argv) {
     if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
       return fail(
           kUsage,
-          fmt::format("unknown command '{}' (commands: inspect, load, bench, tune, gen)", argv[1]));
+          fmt::format("unknown command '{}' (commands: inspect, load, hash, bench, tune, gen)",
+                      argv[1]));
     }
     return fail(kUsage, fmt::format("{} (see warpload --help)", e.what()));
   }
@@ -216,6 +235,9 @@ int run(int argc, char** argv) {
   } else if (load_cmd->parsed()) {
     load.paths = to_paths(load_paths);
     cli::run_load(load);
+  } else if (hash_cmd->parsed()) {
+    hash.paths = to_paths(hash_paths);
+    cli::run_hash(hash);
   } else if (bench_cmd->parsed()) {
     bench.paths = to_paths(bench_paths);
     cli::run_bench(bench);

@@ -1,0 +1,228 @@
+// Multi-rank loading: every byte of a checkpoint is read from storage by exactly one rank, and
+// the ranks exchange what each needs over a Collective (docs/distributed.md).
+//
+//   auto comm = warpload::make_nccl_collective(id, rank, world, /*cuda_device=*/local_rank);
+//   warpload::DistributedLoader loader(my_host_collective);   // any host-memory Collective
+//   loader.add("/models/llama");                               // same files on every rank
+//   loader.load(warpload::Delivery::kOnRequest);               // reads 1/world of the bytes
+//   warpload::TensorView w = loader.shard("mlp.up.weight", 0); // this rank's block only
+//
+// The plan (plan_ranks): the data sections to load are laid end to end in a "stream", each
+// segment placed so that its stream offset is congruent to its file offset modulo the
+// granularity (4096), then the stream is cut into `world` slots of equal size S (a multiple of
+// the granularity). Rank r reads the file bytes that fall in stream [r*S, (r+1)*S): files are
+// split by bytes, not assigned whole, so every rank reads the same amount (± granularity per
+// segment end), and split points are aligned file offsets, so O_DIRECT reads need no bytes
+// from a neighbour's share.
+//
+// SPMD: every method marked "collective" must be called by every rank of the Collective, in
+// the same order, with the same arguments (the same files added in the same order); the
+// loaders check that their plans agree at load().
+//
+// Failures: load() ends with an error agreement step (every rank all-gathers a status), so an
+// I/O error or a malformed file on one rank makes load() throw on every rank: the failing
+// rank throws its own exception, the others an exception of the same kind whose message
+// starts "rank R of W: " followed by the failing rank's message (which names the file). A
+// rank that cannot reach load() (its add() threw) calls fail() instead. A peer that never
+// arrives is the Collective's timeout: CollectiveError (an IoError, errno ETIMEDOUT).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "warpload/error.hpp"
+#include "warpload/format.hpp"
+#include "warpload/loader.hpp"
+#include "warpload/memory.hpp"
+
+namespace warpload {
+
+// A collective operation failed: a timeout (errno ETIMEDOUT), a lost peer, or an error of the
+// communication library (message names the operation, rank, world and the library's reason).
+// After one, the communicator is unusable; every rank sees an error.
+class CollectiveError : public IoError {
+ public:
+  CollectiveError(const std::string& message, int error_number)
+      : IoError(message, error_number, 0) {}
+};
+
+// ---- the plan --------------------------------------------------------------------------------
+
+// Consecutive tensors [first, last) (data order) of one planned file.
+struct Segment {
+  std::size_t file = 0;
+  std::size_t first = 0;
+  std::size_t last = 0;
+};
+
+// File bytes [begin, end) (offsets in the file's data section) that one rank reads.
+struct RankRead {
+  std::size_t segment = 0;
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;
+};
+
+struct RankPlan {
+  int world = 1;
+  std::uint64_t granularity = 4096;
+  std::vector<Segment> segments;
+  std::vector<std::uint64_t> data_begin;  // per segment: data-section offset of its first byte
+  std::vector<std::uint64_t> data_end;    // per segment: one past its last byte
+  std::vector<std::uint64_t> stream;      // per segment: stream offset of its first byte
+  std::uint64_t stream_bytes = 0;         // end of the last segment in the stream
+  std::uint64_t slot_bytes = 0;           // S: rank r owns stream [r*S, (r+1)*S)
+  std::uint64_t data_bytes = 0;           // sum of the segments' lengths
+  std::vector<std::vector<RankRead>> reads;  // per rank, in stream order
+
+  // Data bytes rank `rank` reads (sum of its RankReads).
+  [[nodiscard]] std::uint64_t rank_bytes(int rank) const noexcept;
+  // A digest of everything that must agree across ranks (files' sizes and data offsets,
+  // segments, world, granularity); compared at load().
+  [[nodiscard]] std::uint64_t fingerprint() const noexcept;
+};
+
+// Plans `segments` of `files` over `world` ranks. `granularity` is a power of two >= every
+// alignment a backend may ask for (4096 covers O_DIRECT on common file systems). Throws
+// std::invalid_argument for world < 1, a bad granularity or a segment outside its file.
+[[nodiscard]] RankPlan plan_ranks(std::span<const PlannedFile> files,
+                                  std::span<const Segment> segments, int world,
+                                  std::uint64_t granularity = 4096);
+
+// ---- the collective --------------------------------------------------------------------------
+
+// The communication a DistributedLoader needs, over any transport: NCCL (make_nccl_collective),
+// torch.distributed (the Python package's adapter), or threads (tests). Buffers are in
+// memory(). Every operation is collective unless noted; sizes are in bytes and must agree
+// across ranks as stated. Implementations must bound every wait by a timeout and throw
+// CollectiveError when it expires. Not thread-safe: one operation at a time.
+class Collective {
+ public:
+  struct Transfer {
+    int peer = 0;
+    std::span<std::byte> data;
+  };
+
+  virtual ~Collective() = default;
+  [[nodiscard]] virtual int rank() const noexcept = 0;
+  [[nodiscard]] virtual int size() const noexcept = 0;
+  // Where buffers passed to the operations must live (kHost or kDevice).
+  [[nodiscard]] virtual MemoryKind memory() const noexcept = 0;
+
+  // out[r] receives rank r's `in`; every span has the same size on every rank. `in` may be
+  // out[rank()] itself.
+  virtual void all_gather(std::span<const std::byte> in,
+                          std::span<const std::span<std::byte>> out) = 0;
+  // Rank `root`'s `data` is copied to every other rank's `data` (same size everywhere).
+  virtual void broadcast(std::span<std::byte> data, int root) = 0;
+  // Point to point: posts every send and receive, then waits for all of them. At most one
+  // send and one receive per peer per call; sizes must match the peer's side. Only the ranks
+  // named take part (not collective over the whole group).
+  virtual void exchange(std::span<const Transfer> sends, std::span<const Transfer> receives) = 0;
+  // Host strings: every rank's `status` ("" = fine), indexed by rank. The error agreement.
+  [[nodiscard]] virtual std::vector<std::string> all_gather_status(const std::string& status) = 0;
+};
+
+// NCCL, loaded at run time (libnccl.so.2, or $WARPLOAD_NCCL_LIB) through src/device/nccl_shim.
+// Buffers are device memory of `cuda_device` (the local device, not the global rank).
+struct NcclUniqueId {
+  std::byte bytes[128];
+};
+// Made by one rank and sent to the others by the caller (any out-of-band channel). Throws
+// UnsupportedError naming the library when NCCL (or the CUDA driver) cannot be loaded.
+[[nodiscard]] NcclUniqueId nccl_unique_id();
+// Joins the communicator (blocks until all `world` ranks have joined). `timeout_ms` bounds
+// every later operation: past it the communicator is aborted and CollectiveError thrown.
+[[nodiscard]] std::shared_ptr<Collective> make_nccl_collective(const NcclUniqueId& id, int rank,
+                                                               int world, int cuda_device,
+                                                               int timeout_ms = 600000);
+// Whether libnccl.so.2 loads with every symbol warpload uses (never throws).
+[[nodiscard]] bool nccl_available() noexcept;
+
+// ---- the loader ------------------------------------------------------------------------------
+
+enum class Delivery : std::uint8_t {
+  kAll,        // load() all-gathers: every rank holds every loaded tensor; tensor()/shard()
+               // are local, zero-copy views
+  kOnRequest,  // load() keeps only this rank's share; tensor(), shard() and push() are
+               // collective calls that move just the bytes the caller needs
+};
+
+struct DistributedOptions {
+  std::uint64_t granularity = 4096;
+  // Bytes each rank contributes per all-gather round (a multiple of the granularity): rounds
+  // keep every collective short, so the Collective's timeout measures stalls, not transfers.
+  std::uint64_t round_bytes = std::uint64_t{64} << 20;
+  // The ranks share one storage (one node's page cache or a shared file system): a shard that
+  // is one byte range of the file (dim 0, or a tensor with one row) is read by the rank that
+  // needs it instead of being sent (docs/distributed.md, "the direct-read rule").
+  bool shared_storage = false;
+};
+
+struct DistributedStats {
+  LoadStats load;                   // this rank's read phase (bytes: data bytes it read)
+  std::uint64_t bytes_read = 0;     // bytes this rank read from storage (all load()s)
+  std::uint64_t bytes_sent = 0;     // payload this rank sent over the collective
+  std::uint64_t bytes_received = 0; // payload this rank received over the collective
+  std::uint64_t direct_bytes = 0;   // shard bytes read from storage by the direct-read rule
+};
+
+// Loads host memory (LoadOptions::device must be "cpu"; the collective's memory() kHost).
+// Lifetime as Loader: views keep their buffers alive. Not thread-safe.
+class DistributedLoader {
+ public:
+  explicit DistributedLoader(std::shared_ptr<Collective> collective, LoadOptions options = {},
+                             DistributedOptions distributed = {});
+  ~DistributedLoader();
+  DistributedLoader(const DistributedLoader&) = delete;
+  DistributedLoader& operator=(const DistributedLoader&) = delete;
+
+  // As Loader::add (local: headers are read and validated by every rank).
+  void add(const std::filesystem::path& path);
+  [[nodiscard]] const std::vector<PlannedFile>& files() const noexcept;
+  [[nodiscard]] std::uint64_t total_bytes() const noexcept;
+  [[nodiscard]] std::vector<std::string> keys() const;
+  [[nodiscard]] const TensorInfo& info(std::string_view name) const;
+  [[nodiscard]] const PlannedFile& file_of(std::string_view name) const;
+  [[nodiscard]] int rank() const noexcept;
+  [[nodiscard]] int world() const noexcept;
+
+  // Collective. Reads this rank's share of every tensor of `segments` (all files when
+  // omitted), agrees on errors, then delivers as `delivery` says. Throws as described at the
+  // top; UnsupportedError when already loaded (release() first).
+  LoadStats load(Delivery delivery = Delivery::kAll);
+  LoadStats load(std::span<const Segment> segments, Delivery delivery);
+  // Collective, instead of load() on a rank that cannot load: the peers' load() throws with
+  // `error`'s message (kind kept for warpload errors); this call throws CollectiveError only
+  // when the agreement itself fails.
+  void fail(const std::exception& error);
+
+  [[nodiscard]] bool loaded() const noexcept;
+  [[nodiscard]] const RankPlan& plan() const;
+
+  // The whole tensor (kOnRequest: collective, broadcast of the pieces from their readers).
+  [[nodiscard]] TensorView tensor(std::string_view name);
+  // This rank's block along `dim`, Loader::shard's rule (blocks of ceil(size / world)).
+  // kOnRequest: collective; the readers send each rank only its block's bytes (or the rank
+  // reads it itself under DistributedOptions::shared_storage). The view is contiguous for
+  // kOnRequest; for kAll it is Loader::shard's zero-copy (possibly strided) view.
+  [[nodiscard]] TensorView shard(std::string_view name, int dim);
+  // kOnRequest: collective; the whole tensor reaches rank `dst` only (nullopt elsewhere).
+  [[nodiscard]] std::optional<TensorView> push(std::string_view name, int dst);
+
+  [[nodiscard]] const DistributedStats& stats() const noexcept;
+  // Drops this loader's buffers (views keep theirs); load() may be called again. noexcept.
+  void release() noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace warpload

@@ -1,0 +1,42 @@
+"""warpload: fast safetensors loading.
+
+    import warpload
+    tensors = warpload.load_file("model.safetensors")            # {name: torch.Tensor}
+    with warpload.safe_open("model/", framework="numpy") as f:   # file, directory, index.json
+        w = f.get_tensor("lm_head.weight")
+    for name, t in warpload.iterate_weights(files, memory_limit=256 << 20):
+        ...
+    from warpload.fastsafetensors import SafeTensorsFileLoader   # fastsafetensors drop-in
+
+Importing warpload does not import torch or numpy; they are imported on first use.
+See docs/python.md for the zero-copy and lifetime rules, dtype fallbacks and errors.
+"""
+
+from ._warpload import (
+    CancelledError,
+    DLPackTensor,
+    InvalidFileError,
+    UnsupportedError,
+    __version__,
+    available_backends,
+    cuda_available,
+    live_host_bytes,
+)
+from ._api import SafeSlice, iterate_weights, load_file, safe_open
+from ._tensors import stored_dtype
+
+__all__ = [
+    "CancelledError",
+    "DLPackTensor",
+    "InvalidFileError",
+    "SafeSlice",
+    "UnsupportedError",
+    "__version__",
+    "available_backends",
+    "cuda_available",
+    "iterate_weights",
+    "live_host_bytes",
+    "load_file",
+    "safe_open",
+    "stored_dtype",
+]

@@ -1,0 +1,617 @@
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "common/printable.hpp"
+#include "core/rank_plan.hpp"
+#include "warpload/config.hpp"
+#include "warpload/device.hpp"
+#include "warpload/distributed.hpp"
+#include "warpload/dtype.hpp"
+
+namespace warpload {
+namespace {
+
+std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
+std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+// ---- the error agreement -------------------------------------------------------------------
+// A rank's status travels as text: "<fingerprint>\n<code>\n<message>", code "ok" or one of
+// the error kinds below, so a peer can rethrow the same kind.
+
+std::string encode_error(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const InvalidFileError& e) {
+    return "invalid:" + std::to_string(static_cast<int>(e.rule())) + "\n" + e.what();
+  } catch (const NotFoundError& e) {
+    return std::string("notfound\n") + e.what();
+  } catch (const IoError& e) {
+    return "io:" + std::to_string(e.error_number()) + ":" + std::to_string(e.offset()) + "\n" +
+           e.what();
+  } catch (const UnsupportedError& e) {
+    return std::string("unsupported\n") + e.what();
+  } catch (const OutOfMemoryError& e) {
+    return std::string("oom\n") + e.what();
+  } catch (const CancelledError& e) {
+    return std::string("cancelled\n") + e.what();
+  } catch (const std::invalid_argument& e) {
+    return std::string("argument\n") + e.what();
+  } catch (const std::exception& e) {
+    return std::string("other\n") + e.what();
+  } catch (...) {
+    return "other\nunknown error";
+  }
+}
+
+[[noreturn]] void throw_peer_error(const std::string& code, const std::string& message) {
+  if (code.rfind("invalid:", 0) == 0) {
+    throw InvalidFileError(static_cast<FormatRule>(std::stoi(code.substr(8))), message);
+  }
+  if (code == "notfound") throw NotFoundError(message);
+  if (code.rfind("io:", 0) == 0) {
+    const auto colon = code.find(':', 3);
+    throw IoError(message, std::stoi(code.substr(3, colon - 3)),
+                  std::stoull(code.substr(colon + 1)));
+  }
+  if (code == "unsupported") throw UnsupportedError(message);
+  if (code == "oom") throw OutOfMemoryError(message);
+  if (code == "cancelled") throw CancelledError(message);
+  if (code == "argument") throw std::invalid_argument(message);
+  throw std::runtime_error(message);
+}
+
+struct Status {
+  std::string fingerprint;
+  std::string code;
+  std::string message;
+};
+
+Status parse_status(const std::string& text) {
+  Status s;
+  const auto a = text.find('\n');
+  const auto b = a == std::string::npos ? a : text.find('\n', a + 1);
+  s.fingerprint = text.substr(0, a);
+  s.code = a == std::string::npos ? "ok" : text.substr(a + 1, b - a - 1);
+  s.message = b == std::string::npos ? "" : text.substr(b + 1);
+  return s;
+}
+
+// Every rank's status; throws on every rank when one failed or the plans differ.
+void agree(Collective& collective, const std::string& fingerprint, std::exception_ptr local) {
+  const std::string mine = fingerprint + "\n" + (local ? encode_error(local) : "ok\n");
+  const std::vector<std::string> all = collective.all_gather_status(mine);
+  const int world = collective.size();
+  for (int q = 0; q < static_cast<int>(all.size()); ++q) {
+    const Status s = parse_status(all[static_cast<std::size_t>(q)]);
+    if (s.code == "ok") continue;
+    if (q == collective.rank() && local) std::rethrow_exception(local);
+    throw_peer_error(s.code, "rank " + std::to_string(q) + " of " + std::to_string(world) +
+                                 ": " + s.message);
+  }
+  const Status first = parse_status(all.front());
+  for (int q = 1; q < static_cast<int>(all.size()); ++q) {
+    if (parse_status(all[static_cast<std::size_t>(q)]).fingerprint != first.fingerprint) {
+      throw std::invalid_argument(
+          "rank " + std::to_string(q) + " of " + std::to_string(world) +
+          " planned different files, file sizes or tensors than rank 0: every rank must add "
+          "the same checkpoint files in the same order");
+    }
+  }
+}
+
+std::string hex(std::uint64_t v) {
+  std::ostringstream out;
+  out << std::hex << v;
+  return out.str();
+}
+
+TensorView make_view(const TensorInfo& t, std::byte* data, std::shared_ptr<const Buffer> owner,
+                     const std::string& file) {
+  TensorView v;
+  v.name = t.name;
+  v.dtype = t.dtype;
+  v.nbytes = t.nbytes();
+  bool fits = std::all_of(t.shape.begin(), t.shape.end(),
+                          [](std::uint64_t dim) { return dim <= INT64_MAX; });
+  v.shape.assign(t.shape.begin(), t.shape.end());
+  v.strides.assign(t.shape.size(), 1);
+  for (std::size_t d = t.shape.size(); fits && d-- > 1;) {
+    fits = !__builtin_mul_overflow(v.strides[d], v.shape[d], &v.strides[d - 1]);
+  }
+  if (!fits) {
+    throw UnsupportedError(file + ": tensor '" + detail::printable(t.name) + "': shape " +
+                           format_shape(t.shape) + " exceeds 2^63 - 1 elements");
+  }
+  v.data = data;
+  v.memory = owner->kind();
+  v.owner = std::move(owner);
+  return v;
+}
+
+}  // namespace
+
+struct DistributedLoader::State {
+  std::shared_ptr<Collective> collective;
+  LoadOptions options;
+  DistributedOptions distributed;
+  Loader catalog;  // resolves paths and validates headers; never loads
+  std::shared_ptr<Allocator> allocator;
+
+  RankPlan plan;
+  Delivery delivery = Delivery::kAll;
+  bool loaded = false;
+  std::shared_ptr<Buffer> buffer;  // kAll: the whole stream; kOnRequest: this rank's slot
+  std::uint64_t buffer_base = 0;   // stream offset of buffer->data()
+  struct Placed {
+    std::size_t segment;
+    std::uint64_t stream;
+  };
+  std::unordered_map<std::string, Placed, NameHash, std::equal_to<>> placed;
+  std::unordered_map<std::string, std::shared_ptr<Buffer>> realigned;
+  std::shared_ptr<Storage> direct_storage;  // shared_storage reads
+  DistributedStats stats;
+
+  explicit State(LoadOptions o) : options(o), catalog(std::move(o)) {}
+
+  int rank() const { return collective->rank(); }
+  int world() const { return collective->size(); }
+
+  const Placed& find(std::string_view name) const {
+    auto it = placed.find(name);
+    if (it == placed.end()) {
+      if (!catalog.contains(name)) {
+        throw NotFoundError("no tensor named '" + detail::printable(name) + "'");
+      }
+      const std::string file = catalog.file_of(name).path.string();
+      if (!loaded) {
+        throw UnsupportedError(file + ": tensor '" + detail::printable(name) +
+                               "' requested before load()");
+      }
+      throw UnsupportedError(file + ": tensor '" + detail::printable(name) +
+                             "' is not in the segments of the last load()");
+    }
+    return it->second;
+  }
+  // Stream range [lo, hi) held by rank q.
+  std::uint64_t slot_lo(int q) const { return static_cast<std::uint64_t>(q) * plan.slot_bytes; }
+  std::uint64_t slot_hi(int q) const { return slot_lo(q) + plan.slot_bytes; }
+  std::byte* at(std::uint64_t stream) const { return buffer->data() + (stream - buffer_base); }
+};
+
+DistributedLoader::DistributedLoader(std::shared_ptr<Collective> collective, LoadOptions options,
+                                     DistributedOptions distributed)
+    : state_(std::make_unique<State>(std::move(options))) {
+  if (!collective) throw std::invalid_argument("DistributedLoader: no collective");
+  if (distributed.round_bytes < distributed.granularity) {
+    distributed.round_bytes = distributed.granularity;
+  }
+  distributed.round_bytes = align_down(distributed.round_bytes, distributed.granularity);
+  state_->collective = std::move(collective);
+  state_->distributed = distributed;
+  state_->allocator = state_->options.allocator ? state_->options.allocator : make_host_allocator();
+}
+
+DistributedLoader::~DistributedLoader() = default;
+
+void DistributedLoader::add(const std::filesystem::path& path) { state_->catalog.add(path); }
+const std::vector<PlannedFile>& DistributedLoader::files() const noexcept {
+  return state_->catalog.files();
+}
+std::uint64_t DistributedLoader::total_bytes() const noexcept {
+  return state_->catalog.total_bytes();
+}
+std::vector<std::string> DistributedLoader::keys() const { return state_->catalog.keys(); }
+const TensorInfo& DistributedLoader::info(std::string_view name) const {
+  return state_->catalog.info(name);
+}
+const PlannedFile& DistributedLoader::file_of(std::string_view name) const {
+  return state_->catalog.file_of(name);
+}
+int DistributedLoader::rank() const noexcept { return state_->collective->rank(); }
+int DistributedLoader::world() const noexcept { return state_->collective->size(); }
+bool DistributedLoader::loaded() const noexcept { return state_->loaded; }
+const RankPlan& DistributedLoader::plan() const { return state_->plan; }
+const DistributedStats& DistributedLoader::stats() const noexcept { return state_->stats; }
+
+LoadStats DistributedLoader::load(Delivery delivery) {
+  std::vector<Segment> all;
+  const auto& files = state_->catalog.files();
+  for (std::size_t f = 0; f < files.size(); ++f) {
+    all.push_back(Segment{f, 0, files[f].header.tensors.size()});
+  }
+  return load(all, delivery);
+}
+
+void DistributedLoader::fail(const std::exception& error) {
+  State& s = *state_;
+  std::exception_ptr local;
+  try {
+    // Keep the kind of warpload errors for the peers.
+    if (const auto* e = dynamic_cast<const InvalidFileError*>(&error)) throw *e;
+    if (const auto* e = dynamic_cast<const NotFoundError*>(&error)) throw *e;
+    if (const auto* e = dynamic_cast<const IoError*>(&error)) throw *e;
+    if (const auto* e = dynamic_cast<const UnsupportedError*>(&error)) throw *e;
+    if (const auto* e = dynamic_cast<const OutOfMemoryError*>(&error)) throw *e;
+    if (const auto* e = dynamic_cast<const std::invalid_argument*>(&error)) throw *e;
+    throw std::runtime_error(error.what());
+  } catch (...) {
+    local = std::current_exception();
+  }
+  try {
+    agree(*s.collective, "-", local);
+  } catch (const CollectiveError&) {
+    throw;
+  } catch (...) {
+    // Expected: the agreement reports this rank's own failure; the caller rethrows it.
+  }
+}
+
+LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery delivery) {
+  State& s = *state_;
+  if (s.loaded) throw UnsupportedError("load() called on a loaded DistributedLoader; release() first");
+  const int me = s.rank();
+  const int world = s.world();
+  const auto& files = s.catalog.files();
+
+  RankPlan plan;
+  std::shared_ptr<Buffer> buffer;
+  std::uint64_t base = 0;
+  std::uint64_t bytes_read = 0;
+  LoadStats read_stats;
+  std::exception_ptr local;
+  std::string fingerprint = "-";
+  try {
+    if (s.collective->memory() != MemoryKind::kHost) {
+      throw UnsupportedError(
+          "DistributedLoader delivers host memory; the collective's buffers are device memory "
+          "(use the Collective directly on device buffers)");
+    }
+    if (Device::parse(s.options.device).is_cuda()) {
+      throw UnsupportedError("DistributedLoader loads to host memory; device '" +
+                             s.options.device + "' is not supported (copy tensors afterwards)");
+    }
+    plan = plan_ranks(files, segments, world, s.distributed.granularity);
+    fingerprint = hex(plan.fingerprint());
+
+    std::shared_ptr<Storage> storage = s.options.custom_storage;
+    if (!storage) {
+      std::optional<TunedSettings> config;
+      if (s.options.use_config) {
+        if (auto found = find_config_file(s.options.config)) config = read_config(*found);
+      }
+      const ResolvedSettings settings =
+          apply_config(s.options.backend, s.options.storage, config ? &*config : nullptr);
+      storage = make_storage(settings.backend, settings.storage);
+    }
+    const std::uint64_t S = plan.slot_bytes;
+    const std::uint64_t G = plan.granularity;
+    const std::uint64_t size = delivery == Delivery::kAll ? S * static_cast<std::uint64_t>(world) : S;
+    base = delivery == Delivery::kAll ? 0 : S * static_cast<std::uint64_t>(me);
+    buffer = s.allocator->allocate(std::max<std::uint64_t>(size, 1), G);
+
+    std::unordered_map<std::size_t, std::unique_ptr<StorageFile>> open;
+    std::vector<ReadRequest> requests;
+    for (const RankRead& r : plan.reads[static_cast<std::size_t>(me)]) {
+      const Segment& seg = plan.segments[r.segment];
+      const PlannedFile& planned = files[seg.file];
+      const Header& h = planned.header;
+      auto& file = open[seg.file];
+      if (!file) {
+        file = storage->open(planned.path);
+        if (file->size() != h.file_size) {
+          throw IoError(planned.path.string() + ": file changed size since its header was read (" +
+                            std::to_string(h.file_size) + " -> " + std::to_string(file->size()) +
+                            " bytes)",
+                        0, 0);
+        }
+      }
+      const std::uint64_t a = file->alignment();
+      if (a == 0 || G % a != 0) {
+        throw UnsupportedError(planned.path.string() + ": storage alignment " + std::to_string(a) +
+                               " does not divide the plan's granularity " + std::to_string(G));
+      }
+      const std::uint64_t fo_b = h.data_offset() + r.begin;
+      const std::uint64_t fo_e = h.data_offset() + r.end;
+      const std::uint64_t ab = align_down(fo_b, a);
+      const std::uint64_t ae = align_up(fo_e, a);
+      const std::uint64_t stream = plan.stream[r.segment] + (r.begin - plan.data_begin[r.segment]);
+      requests.push_back(ReadRequest{file.get(), ab, ae - ab,
+                                     buffer->data() + (stream - (fo_b - ab) - base)});
+      bytes_read += std::min(ae, h.file_size) - ab;
+    }
+    ReadControl control;
+    if (s.options.cancel != nullptr && s.options.cancel->load()) {
+      throw CancelledError((files.empty() ? std::string("load") : files.front().path.string()) +
+                           ": load cancelled");
+    }
+    const auto start = std::chrono::steady_clock::now();
+    if (!requests.empty()) storage->read(requests, &control);
+    read_stats.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    read_stats.bytes = plan.rank_bytes(me);
+    read_stats.backend = storage->capabilities().name;
+    read_stats.device = "cpu";
+    read_stats.files = open.size();
+    read_stats.direct_files = static_cast<std::size_t>(std::count_if(
+        open.begin(), open.end(), [](const auto& f) { return f.second->direct(); }));
+  } catch (...) {
+    local = std::current_exception();
+  }
+  agree(*s.collective, fingerprint, local);  // throws on every rank when one failed
+
+  const std::uint64_t S = plan.slot_bytes;
+  if (delivery == Delivery::kAll && S > 0 && world > 1) {
+    std::vector<std::span<std::byte>> out(static_cast<std::size_t>(world));
+    for (std::uint64_t off = 0; off < S; off += s.distributed.round_bytes) {
+      const std::uint64_t n = std::min(s.distributed.round_bytes, S - off);
+      for (int q = 0; q < world; ++q) {
+        out[static_cast<std::size_t>(q)] =
+            std::span<std::byte>(buffer->data() + static_cast<std::uint64_t>(q) * S + off, n);
+      }
+      s.collective->all_gather(out[static_cast<std::size_t>(me)], out);
+    }
+    s.stats.bytes_sent += S * static_cast<std::uint64_t>(world - 1);
+    s.stats.bytes_received += S * static_cast<std::uint64_t>(world - 1);
+  }
+
+  s.placed.clear();
+  s.realigned.clear();
+  for (std::size_t i = 0; i < plan.segments.size(); ++i) {
+    const Segment& seg = plan.segments[i];
+    const Header& h = files[seg.file].header;
+    for (std::size_t t = seg.first; t < seg.last; ++t) {
+      s.placed.emplace(h.tensors[t].name,
+                       State::Placed{i, plan.stream[i] + (h.tensors[t].begin - plan.data_begin[i])});
+    }
+  }
+  if (delivery == Delivery::kAll) {
+    // Views must be aligned to their element size (only files not from the reference writer
+    // need this copy; see Loader).
+    for (const auto& [name, p] : s.placed) {
+      const TensorInfo& t = s.catalog.info(name);
+      std::byte* src = buffer->data() + p.stream;
+      const std::size_t align = dtype_alignment(t.dtype);
+      if (t.nbytes() == 0 || reinterpret_cast<std::uintptr_t>(src) % align == 0) continue;
+      auto side = s.allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 64));
+      std::memcpy(side->data(), src, t.nbytes());
+      s.realigned.emplace(name, std::move(side));
+    }
+  }
+  s.plan = std::move(plan);
+  s.buffer = std::move(buffer);
+  s.buffer_base = base;
+  s.delivery = delivery;
+  s.loaded = true;
+  s.stats.bytes_read += bytes_read;
+  s.stats.load = read_stats;
+  return read_stats;
+}
+
+TensorView DistributedLoader::tensor(std::string_view name) {
+  State& s = *state_;
+  const State::Placed& p = s.find(name);
+  const TensorInfo& t = s.catalog.info(name);
+  const std::string file = s.catalog.file_of(name).path.string();
+  if (s.delivery == Delivery::kAll) {
+    if (auto it = s.realigned.find(t.name); it != s.realigned.end()) {
+      return make_view(t, it->second->data(), it->second, file);
+    }
+    return make_view(t, t.nbytes() == 0 ? s.buffer->data() : s.at(p.stream), s.buffer, file);
+  }
+  auto dest = s.allocator->allocate(std::max<std::uint64_t>(t.nbytes(), 1), 64);
+  const int me = s.rank();
+  const std::uint64_t lo0 = p.stream;
+  const std::uint64_t hi0 = p.stream + t.nbytes();
+  for (int q = 0; q < s.world() && t.nbytes() > 0; ++q) {
+    const std::uint64_t lo = std::max(lo0, s.slot_lo(q));
+    const std::uint64_t hi = std::min(hi0, s.slot_hi(q));
+    if (lo >= hi) continue;
+    std::span<std::byte> part(dest->data() + (lo - lo0), hi - lo);
+    if (q == me) std::memcpy(part.data(), s.at(lo), part.size());
+    s.collective->broadcast(part, q);
+    if (q == me) {
+      s.stats.bytes_sent += part.size() * static_cast<std::uint64_t>(s.world() - 1);
+    } else {
+      s.stats.bytes_received += part.size();
+    }
+  }
+  return make_view(t, dest->data(), dest, file);
+}
+
+std::optional<TensorView> DistributedLoader::push(std::string_view name, int dst) {
+  State& s = *state_;
+  const State::Placed& p = s.find(name);
+  const TensorInfo& t = s.catalog.info(name);
+  const std::string file = s.catalog.file_of(name).path.string();
+  if (dst < 0 || dst >= s.world()) {
+    throw std::invalid_argument(file + ": push of tensor '" + detail::printable(t.name) +
+                                "' to rank " + std::to_string(dst) + ", not in [0, " +
+                                std::to_string(s.world()) + ")");
+  }
+  const int me = s.rank();
+  if (s.delivery == Delivery::kAll) {
+    if (me != dst) return std::nullopt;
+    return tensor(name);
+  }
+  std::shared_ptr<Buffer> dest;
+  if (me == dst) dest = s.allocator->allocate(std::max<std::uint64_t>(t.nbytes(), 1), 64);
+  std::vector<Collective::Transfer> sends;
+  std::vector<Collective::Transfer> receives;
+  const std::uint64_t lo0 = p.stream;
+  const std::uint64_t hi0 = p.stream + t.nbytes();
+  for (int q = 0; q < s.world() && t.nbytes() > 0; ++q) {
+    const std::uint64_t lo = std::max(lo0, s.slot_lo(q));
+    const std::uint64_t hi = std::min(hi0, s.slot_hi(q));
+    if (lo >= hi) continue;
+    if (me == dst && q == me) {
+      std::memcpy(dest->data() + (lo - lo0), s.at(lo), hi - lo);
+    } else if (me == dst) {
+      receives.push_back({q, std::span<std::byte>(dest->data() + (lo - lo0), hi - lo)});
+      s.stats.bytes_received += hi - lo;
+    } else if (q == me) {
+      sends.push_back({dst, std::span<std::byte>(s.at(lo), hi - lo)});
+      s.stats.bytes_sent += hi - lo;
+    }
+  }
+  if (!sends.empty() || !receives.empty()) s.collective->exchange(sends, receives);
+  if (me != dst) return std::nullopt;
+  return make_view(t, dest->data(), dest, file);
+}
+
+TensorView DistributedLoader::shard(std::string_view name, int dim) {
+  State& s = *state_;
+  const State::Placed& p = s.find(name);
+  const TensorInfo& t = s.catalog.info(name);
+  const std::string file = s.catalog.file_of(name).path.string();
+  const int me = s.rank();
+  const int world = s.world();
+  std::vector<detail::BlockBytes> blocks;
+  for (int q = 0; q < world; ++q) blocks.push_back(detail::block_bytes(t, q, world, dim, file));
+  const detail::BlockBytes& mine = blocks[static_cast<std::size_t>(me)];
+
+  if (s.delivery == Delivery::kAll) {
+    TensorView v = tensor(name);
+    v.shape[mine.dim] = mine.end - mine.begin;
+    v.contiguous = mine.rows <= 1;
+    v.data += mine.offset;
+    v.nbytes = mine.bytes() == 0 ? 0 : (mine.rows - 1) * mine.row_stride + mine.length;
+    return v;
+  }
+
+  TensorView v;
+  v.name = t.name;
+  v.dtype = t.dtype;
+  v.shape.assign(t.shape.begin(), t.shape.end());
+  v.shape[mine.dim] = mine.end - mine.begin;
+  v.strides.assign(v.shape.size(), 1);
+  for (std::size_t d = v.shape.size(); d-- > 1;) v.strides[d - 1] = v.strides[d] * v.shape[d];
+  auto dest = s.allocator->allocate(std::max<std::uint64_t>(mine.bytes(), 1), 64);
+  v.data = dest->data();
+  v.nbytes = mine.bytes();
+  v.memory = MemoryKind::kHost;
+  v.owner = dest;
+  if (t.nbytes() == 0) return v;
+
+  // Tensor-relative range [lo, hi) that rank q holds.
+  auto held = [&](int q) {
+    const std::uint64_t lo = std::max(p.stream, s.slot_lo(q));
+    const std::uint64_t hi = std::min(p.stream + t.nbytes(), s.slot_hi(q));
+    return lo < hi ? std::pair{lo - p.stream, hi - p.stream} : std::pair{std::uint64_t{0}, std::uint64_t{0}};
+  };
+  const auto [my_lo, my_hi] = held(me);
+  // The part this rank read itself.
+  detail::for_each_overlap(mine, my_lo, my_hi,
+                           [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
+                             std::memcpy(dest->data() + block_off, s.at(p.stream + off), n);
+                           });
+
+  const bool every_block_contiguous = std::all_of(
+      blocks.begin(), blocks.end(), [](const detail::BlockBytes& b) { return b.rows <= 1; });
+  if (s.distributed.shared_storage && every_block_contiguous) {
+    // The direct-read rule (docs/distributed.md): the rest of a one-range block comes from the
+    // shared storage, not from the peers; the same decision on every rank, so no collective.
+    if (!s.direct_storage) s.direct_storage = make_storage("posix", StorageOptions{});
+    const PlannedFile& planned = s.catalog.file_of(name);
+    auto f = s.direct_storage->open(planned.path);
+    std::vector<ReadRequest> requests;
+    std::uint64_t bytes = 0;
+    auto add_range = [&](std::uint64_t lo, std::uint64_t hi) {
+      detail::for_each_overlap(mine, lo, hi,
+                               [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
+                                 requests.push_back(ReadRequest{
+                                     f.get(), planned.header.data_offset() + t.begin + off, n,
+                                     dest->data() + block_off});
+                                 bytes += n;
+                               });
+    };
+    add_range(0, my_lo);  // a rank that holds nothing has my_lo == my_hi == 0
+    add_range(my_hi, t.nbytes());
+    if (!requests.empty()) {
+      ReadControl control;
+      s.direct_storage->read(requests, &control);
+    }
+    s.stats.direct_bytes += bytes;
+    return v;
+  }
+
+  // Packs for one peer: one range goes as is; several are packed into a temporary.
+  struct Pending {
+    int peer;
+    std::vector<std::byte> packed;
+    std::vector<std::array<std::uint64_t, 3>> ranges;  // tensor offset, block offset, length
+  };
+  std::vector<Pending> outgoing;
+  std::vector<Pending> incoming;
+  std::vector<Collective::Transfer> sends;
+  std::vector<Collective::Transfer> receives;
+  for (int q = 0; q < world; ++q) {
+    if (q == me) continue;
+    Pending out{q, {}, {}};
+    detail::for_each_overlap(blocks[static_cast<std::size_t>(q)], my_lo, my_hi,
+                             [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
+                               out.ranges.push_back({off, block_off, n});
+                             });
+    if (!out.ranges.empty()) outgoing.push_back(std::move(out));
+    const auto [lo, hi] = held(q);
+    Pending in{q, {}, {}};
+    detail::for_each_overlap(mine, lo, hi,
+                             [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
+                               in.ranges.push_back({off, block_off, n});
+                             });
+    if (!in.ranges.empty()) incoming.push_back(std::move(in));
+  }
+  for (Pending& out : outgoing) {
+    std::uint64_t total = 0;
+    for (const auto& r : out.ranges) total += r[2];
+    if (out.ranges.size() == 1) {
+      sends.push_back({out.peer, std::span<std::byte>(s.at(p.stream + out.ranges[0][0]), total)});
+    } else {
+      out.packed.resize(total);
+      std::uint64_t at = 0;
+      for (const auto& r : out.ranges) {
+        std::memcpy(out.packed.data() + at, s.at(p.stream + r[0]), r[2]);
+        at += r[2];
+      }
+      sends.push_back({out.peer, std::span<std::byte>(out.packed)});
+    }
+    s.stats.bytes_sent += total;
+  }
+  for (Pending& in : incoming) {
+    std::uint64_t total = 0;
+    for (const auto& r : in.ranges) total += r[2];
+    if (in.ranges.size() == 1) {
+      receives.push_back({in.peer, std::span<std::byte>(dest->data() + in.ranges[0][1], total)});
+    } else {
+      in.packed.resize(total);
+      receives.push_back({in.peer, std::span<std::byte>(in.packed)});
+    }
+    s.stats.bytes_received += total;
+  }
+  if (!sends.empty() || !receives.empty()) s.collective->exchange(sends, receives);
+  for (const Pending& in : incoming) {
+    if (in.ranges.size() == 1) continue;
+    std::uint64_t at = 0;
+    for (const auto& r : in.ranges) {
+      std::memcpy(dest->data() + r[1], in.packed.data() + at, r[2]);
+      at += r[2];
+    }
+  }
+  return v;
+}
+
+void DistributedLoader::release() noexcept {
+  State& s = *state_;
+  s.buffer.reset();
+  s.placed.clear();
+  s.realigned.clear();
+  s.loaded = false;
+}
+
+}  // namespace warpload

@@ -1,0 +1,124 @@
+// See verify.hpp. The data section is read in kChunk pieces (tensors tile it, so a piece
+// covers the tail of one tensor and the heads of the next ones) and each tensor's part of the
+// piece is compared with its loaded bytes: one pread per 8 MiB however many tiny tensors.
+
+#include "core/verify.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/printable.hpp"
+#include "common/unique_fd.hpp"
+#include "device/cuda_shim.hpp"
+#include "warpload/error.hpp"
+
+namespace warpload::detail {
+namespace {
+
+constexpr std::size_t kChunk = std::size_t{8} << 20;
+
+std::string errno_text(int error_number) {
+  return std::string(std::strerror(error_number)) + " (errno " + std::to_string(error_number) + ")";
+}
+
+std::string hex_byte(std::byte value) {
+  char text[8];
+  std::snprintf(text, sizeof(text), "0x%02x", static_cast<unsigned>(value));
+  return text;
+}
+
+// Fills [dest, dest + size) from `offset`, retrying short reads and EINTR.
+void read_range(int fd, std::byte* dest, std::size_t size, std::uint64_t offset,
+                const std::string& file) {
+  std::size_t done = 0;
+  while (done < size) {
+    const std::uint64_t at = offset + done;
+    const ssize_t got = ::pread(fd, dest + done, size - done, static_cast<off_t>(at));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) {
+      const int error_number = errno;
+      throw IoError(file + ": verify: read failed at offset " + std::to_string(at) + ": " +
+                        errno_text(error_number),
+                    error_number, at);
+    }
+    if (got == 0) {
+      throw IoError(file + ": verify: unexpected end of file at offset " + std::to_string(at), 0,
+                    at);
+    }
+    done += static_cast<std::size_t>(got);
+  }
+}
+
+}  // namespace
+
+void verify_loaded_file(const std::filesystem::path& path, const Header& header, int device_index,
+                        const LoadedTensorBytes& loaded) {
+  const std::string file = path.string();
+  const UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    const int error_number = errno;
+    if (error_number == ENOENT) throw NotFoundError(file + ": verify: no such file");
+    throw IoError(file + ": verify: cannot open: " + errno_text(error_number), error_number, 0);
+  }
+  struct stat info {};
+  if (::fstat(fd.get(), &info) != 0) {
+    const int error_number = errno;
+    throw IoError(file + ": verify: cannot stat: " + errno_text(error_number), error_number, 0);
+  }
+  if (static_cast<std::uint64_t>(info.st_size) != header.file_size) {
+    throw IoError(file + ": verify: file changed size since it was loaded (" +
+                      std::to_string(header.file_size) + " -> " + std::to_string(info.st_size) +
+                      " bytes)",
+                  0, 0);
+  }
+
+  const std::uint64_t data_size = header.data_size();
+  const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(data_size, kChunk));
+  std::vector<std::byte> from_file(chunk);
+  std::vector<std::byte> from_device(device_index >= 0 ? chunk : 0);
+  auto tensor = header.tensors.begin();
+  for (std::uint64_t at = 0; at < data_size; at += chunk) {
+    const std::size_t size =
+        static_cast<std::size_t>(std::min<std::uint64_t>(chunk, data_size - at));
+    read_range(fd.get(), from_file.data(), size, header.data_offset() + at, file);
+    // Compare each tensor's part of [at, at + size).
+    for (; tensor != header.tensors.end() && tensor->begin < at + size; ++tensor) {
+      const std::uint64_t begin = std::max(tensor->begin, at);
+      const std::uint64_t end = std::min(tensor->end, at + size);
+      if (begin < end) {
+        const std::byte* expected = from_file.data() + (begin - at);
+        const std::byte* got = loaded(*tensor) + (begin - tensor->begin);
+        const auto length = static_cast<std::size_t>(end - begin);
+        if (device_index >= 0) {
+          copy_to_host(from_device.data(), got, length, device_index);
+          got = from_device.data();
+        }
+        if (std::memcmp(got, expected, length) != 0) {
+          const auto [g, e] = std::mismatch(got, got + length, expected);
+          const std::uint64_t in_tensor =
+              begin - tensor->begin + static_cast<std::uint64_t>(g - got);
+          const std::uint64_t offset = header.data_offset() + tensor->begin + in_tensor;
+          throw IoError(file + ": tensor '" + printable(tensor->name) + "': verify: loaded byte " +
+                            std::to_string(in_tensor) + " of the tensor (file offset " +
+                            std::to_string(offset) + ") is " + hex_byte(*g) + ", the file has " +
+                            hex_byte(*e),
+                        EIO, offset);
+        }
+      }
+      // A tensor that runs past this piece is continued in the next one.
+      if (tensor->end > at + size) break;
+    }
+  }
+}
+
+}  // namespace warpload::detail

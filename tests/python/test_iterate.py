@@ -1,0 +1,79 @@
+"""iterate_weights: file order, bytes, and the memory bound (measured)."""
+
+import gc
+
+import numpy as np
+import pytest
+
+import st_reference as ref
+import warpload
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def test_order_and_bytes_across_files(tmp_path):
+    rng = np.random.default_rng(21)
+    files = []
+    for f in range(3):
+        path = str(tmp_path / f"part{f}.safetensors")
+        ts = [(f"f{f}.t{i}", "BF16" if i % 2 else "F8_E4M3", [37 + i, 5],
+               rng.bytes((37 + i) * 5 * (2 if i % 2 else 1))) for i in range(7)]
+        ts.append((f"f{f}.empty", "F32", [0, 3], b""))
+        ref.write(path, ts, align=1 if f == 1 else 8)  # file 1: misaligned tensors
+        files.append(path)
+    expected = ref.read_many(files)
+    for limit in (None, 1, 700, 10 * MiB):
+        names = []
+        for name, t in warpload.iterate_weights(files, memory_limit=limit, framework="numpy"):
+            names.append(name)
+            assert t.tobytes() == expected[name][2], (limit, name)
+        assert names == list(expected), limit
+    got = dict(warpload.iterate_weights(files))  # torch, kept: tensors pin their chunks
+    assert got["f2.t1"].dtype.is_floating_point
+    assert got["f0.t0"].numpy().tobytes() == expected["f0.t0"][2]
+
+
+def test_memory_bound_on_2gib_checkpoint(tmp_path):
+    """2 GiB checkpoint, memory_limit=256 MiB: loaded data held by warpload never exceeds the
+    limit, and RSS stays under limit + a small constant."""
+    path = str(tmp_path / "big.safetensors")
+    # 64 tensors of 32 MiB; the data section is a hole (no disk use, reads as zeros).
+    total = ref.write_sparse(path, [(f"layer.{i}", "F32", [8 * MiB]) for i in range(64)])
+    assert total == 2 * GiB
+    limit = 256 * MiB
+    gc.collect()
+    base_live = warpload.live_host_bytes()
+    base_rss = ref.rss_bytes()
+    peak_live = peak_rss = 0
+    count = 0
+    for name, t in warpload.iterate_weights(path, memory_limit=limit, framework="numpy",
+                                            backend="posix"):
+        assert t.nbytes == 32 * MiB and t[-1] == 0.0  # touch it, as a consumer would
+        peak_live = max(peak_live, warpload.live_host_bytes() - base_live)
+        peak_rss = max(peak_rss, ref.rss_bytes() - base_rss)
+        count += 1
+        del t
+    assert count == 64
+    print(f"\n2 GiB, memory_limit 256 MiB: peak loaded {peak_live / MiB:.0f} MiB, "
+          f"peak RSS growth {peak_rss / MiB:.0f} MiB")
+    assert peak_live <= limit
+    assert peak_rss <= limit + 64 * MiB
+    assert warpload.live_host_bytes() == base_live
+
+
+def test_one_tensor_larger_than_the_limit(tmp_path):
+    path = str(tmp_path / "one_big.safetensors")
+    ref.write_sparse(path, [("small0", "U8", [MiB]), ("huge", "U8", [24 * MiB]),
+                            ("small1", "U8", [MiB])])
+    base = warpload.live_host_bytes()
+    peak = 0
+    for _name, t in warpload.iterate_weights(path, memory_limit=4 * MiB, framework="numpy"):
+        peak = max(peak, warpload.live_host_bytes() - base)
+        del t
+    assert peak <= 4 * MiB + 24 * MiB
+
+
+def test_errors_surface_while_iterating(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        list(warpload.iterate_weights(str(tmp_path / "missing.safetensors")))

@@ -1,0 +1,26 @@
+// warpload hash PATH... [--backend NAME]: a manifest of per-tensor XXH3-64 digests on stdout.
+
+#include <fmt/core.h>
+
+#include "backend_names.hpp"
+#include "commands.hpp"
+#include "manifest.hpp"
+#include "warpload/loader.hpp"
+
+namespace warpload::cli {
+
+void run_hash(const HashOptions& options) {
+  if (!options.backend.empty()) {
+    check_backend_name(options.backend, available_storage_names(), "--backend");
+  }
+  LoadOptions load_options;
+  load_options.backend = options.backend;
+  // The digests must be of the file's bytes: read them twice, by two different paths.
+  load_options.verify = true;
+  Loader loader(std::move(load_options));
+  loader.add(options.paths);
+  (void)loader.load();
+  fmt::print("{}", manifest_json(digest_tensors(loader)));
+}
+
+}  // namespace warpload::cli
