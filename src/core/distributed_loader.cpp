@@ -25,7 +25,7 @@ std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / 
 // A rank's status travels as text: "<fingerprint>\n<code>\n<message>", code "ok" or one of
 // the error kinds below, so a peer can rethrow the same kind.
 
-std::string encode_error(std::exception_ptr error) {
+std::string encode_error(const std::exception_ptr& error) {
   try {
     std::rethrow_exception(error);
   } catch (const InvalidFileError& e) {
@@ -84,7 +84,8 @@ Status parse_status(const std::string& text) {
 }
 
 // Every rank's status; throws on every rank when one failed or the plans differ.
-void agree(Collective& collective, const std::string& fingerprint, std::exception_ptr local) {
+void agree(Collective& collective, const std::string& fingerprint,
+           const std::exception_ptr& local) {
   const std::string mine = fingerprint + "\n" + (local ? encode_error(local) : "ok\n");
   const std::vector<std::string> all = collective.all_gather_status(mine);
   const int world = collective.size();
@@ -473,6 +474,7 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
   const int me = s.rank();
   const int world = s.world();
   std::vector<detail::BlockBytes> blocks;
+  blocks.reserve(static_cast<std::size_t>(world));
   for (int q = 0; q < world; ++q) blocks.push_back(detail::block_bytes(t, q, world, dim, file));
   const detail::BlockBytes& mine = blocks[static_cast<std::size_t>(me)];
 

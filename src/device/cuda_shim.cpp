@@ -210,9 +210,13 @@ CudaContextScope::CudaContextScope(int device) : device_(device) {
 }
 
 CudaContextScope::~CudaContextScope() {
-  const CudaApi& api = cuda_api();  // loaded: the constructor succeeded
-  static_cast<void>(api.ctx_set_current(previous_));
-  release_primary(api, device_);
+  try {
+    const CudaApi& api = cuda_api();  // loaded: the constructor succeeded
+    static_cast<void>(api.ctx_set_current(previous_));
+    release_primary(api, device_);
+  } catch (...) {
+    // A destructor must not throw; the driver call results are ignored here anyway.
+  }
 }
 
 CudaStream::CudaStream(int device) : device_(device) {
@@ -227,14 +231,18 @@ CudaStream::CudaStream(int device) : device_(device) {
 }
 
 CudaStream::~CudaStream() {
-  const CudaApi& api = cuda_api();
   try {
-    const CudaContextScope scope(device_);
-    static_cast<void>(api.stream_destroy(stream_));
+    const CudaApi& api = cuda_api();
+    try {
+      const CudaContextScope scope(device_);
+      static_cast<void>(api.stream_destroy(stream_));
+    } catch (...) {
+      static_cast<void>(api.stream_destroy(stream_));  // best effort without the scope
+    }
+    release_primary(api, device_);
   } catch (...) {
-    static_cast<void>(api.stream_destroy(stream_));  // best effort without the scope
+    // A destructor must not throw.
   }
-  release_primary(api, device_);
 }
 
 void CudaStream::synchronize() const {
@@ -255,14 +263,18 @@ CudaEvent::CudaEvent(int device) : device_(device) {
 }
 
 CudaEvent::~CudaEvent() {
-  const CudaApi& api = cuda_api();
   try {
-    const CudaContextScope scope(device_);
-    static_cast<void>(api.event_destroy(event_));
+    const CudaApi& api = cuda_api();
+    try {
+      const CudaContextScope scope(device_);
+      static_cast<void>(api.event_destroy(event_));
+    } catch (...) {
+      static_cast<void>(api.event_destroy(event_));
+    }
+    release_primary(api, device_);
   } catch (...) {
-    static_cast<void>(api.event_destroy(event_));
+    // A destructor must not throw.
   }
-  release_primary(api, device_);
 }
 
 void CudaEvent::record(const CudaStream& stream) {

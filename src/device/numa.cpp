@@ -32,9 +32,9 @@ std::string numa_library_name() {
 
 // Loaded once per name and never unloaded; a library without NUMA support counts as absent.
 NumaApi numa_api() noexcept {
-  static auto* const mutex = new std::mutex;
-  static auto* const loaded = new std::map<std::string, NumaApi>;
   try {
+    static auto* const mutex = new std::mutex;
+    static auto* const loaded = new std::map<std::string, NumaApi>;
     const std::string name = numa_library_name();
     const std::lock_guard<std::mutex> lock(*mutex);
     if (auto it = loaded->find(name); it != loaded->end()) return it->second;
