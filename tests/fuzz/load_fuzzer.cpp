@@ -2,7 +2,8 @@
 //
 // Each input is written once to a scratch file (in /dev/shm when it is writable, so no disk
 // I/O), then loaded through Loader with each backend that reads plain files: posix, uring
-// (when the kernel has it), mmap and auto, with LoadOptions::verify on. For each one either
+// (when the kernel has it), mmap, auto and 3fs (through the USRBIO emulator, built alongside),
+// with LoadOptions::verify on. For each one either
 // add()/load() throws a warpload::Error naming the file, or:
 //   - every backend loads it (a header read_header() accepts is a file every backend can load);
 //   - every tensor view and shard lies inside the buffer that owns it, is aligned to its
@@ -50,6 +51,9 @@ const fs::path& scratch_file() {
                                        std::strerror(errno));
     }
     static const fs::path dir = pattern;
+    // A 3FS "mount" for the emulator: any directory holding 3fs-virt/.
+    std::error_code made;
+    fs::create_directory(dir / "3fs-virt", made);
     std::atexit([] {
       std::error_code ec;
       fs::remove_all(dir, ec);
@@ -135,8 +139,12 @@ void load_with(const std::string& backend, const fs::path& path,
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const std::vector<std::string> backends = [] {
     std::vector<std::string> names;
+#ifdef WARPLOAD_USRBIO_EMULATOR
+    ::setenv("WARPLOAD_HF3FS_LIB", WARPLOAD_USRBIO_EMULATOR, 0);  // a caller's choice wins
+#endif
     for (const std::string& name : warpload::available_storage_names()) {
-      if (name == "posix" || name == "uring" || name == "mmap" || name == "auto") {
+      if (name == "posix" || name == "uring" || name == "mmap" || name == "auto" ||
+          name == "3fs") {
         names.push_back(name);
       }
     }
