@@ -1,6 +1,7 @@
 # warpload front door. Quick start on a fresh Debian 12 machine: `make run`, `make test`.
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 LINT_BUILD ?= build-lint
 FUZZ_SECONDS ?= 60
@@ -10,7 +11,7 @@ DEMO_SHARDS ?= 4
 JOBS       ?= $(shell nproc)
 
 .PHONY: all deps build run test test-release test-asan test-package clean fuzz fuzz-build \
-        test-fuzz lint
+        test-fuzz lint test-tsan
 
 all: build
 
@@ -40,6 +41,19 @@ test-asan: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS)
 
+# ThreadSanitizer on the concurrency tests only (TSan and ASan cannot share a build): thread pool
+# and read tracker (storage_test), io_uring completions and the loader (loader_test), 3FS rings on
+# the USRBIO emulator (usrbio_test), the staged pipeline on the fake CUDA driver
+# (gpu_pipeline_test), the thread collective (distributed_test). Suppressions: tests/tsan.supp.
+TSAN_TESTS ?= storage_test loader_test usrbio_test gpu_pipeline_test distributed_test
+test-tsan: deps
+	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWARPLOAD_TSAN=ON \
+	  -DWARPLOAD_BUILD_BENCHMARKS=OFF -DWARPLOAD_BUILD_EXAMPLES=OFF -DWARPLOAD_BUILD_PYTHON=OFF \
+	  -DWARPLOAD_BUILD_TOOLS=OFF
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target $(TSAN_TESTS)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp \
+	  ctest --test-dir $(TSAN_BUILD) --output-on-failure -j $(JOBS) -E _NOT_BUILT
+
 # Installs into a scratch prefix and builds a consumer with find_package(warpload).
 test-package: build
 	scripts/check-package.sh $(BUILD)
@@ -64,4 +78,4 @@ lint: deps
 	scripts/lint.sh $(LINT_BUILD) $(JOBS)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(LINT_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(LINT_BUILD)

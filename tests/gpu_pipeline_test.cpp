@@ -408,7 +408,9 @@ TEST_F(GpuPipelineTest, HostMemoryStaysBoundedByTheRing) {
   // The fake's device memory is host memory (the checkpoint once); a pipeline staging the
   // whole checkpoint in host memory would add it a second time.
   const std::uint64_t device_share = real_gpu() ? 0 : kCheckpoint;
+#if !defined(__SANITIZE_THREAD__)  // TSan's shadow of every touched byte counts in RSS too
   EXPECT_LT(growth, device_share + kCheckpoint / 4) << "peak RSS grew by " << growth;
+#endif
   std::vector<std::byte> back(kTensorBytes);
   const TensorView v = loader.tensor("w5");
   detail::copy_to_host(back.data(), v.data, back.size(), 0);

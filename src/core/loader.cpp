@@ -37,6 +37,18 @@ struct TensorRef {
 
 std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
 
+// allocator->allocate() for `path`: an allocator's OutOfMemoryError does not know the file, so
+// it is rethrown naming it (found by the fault matrix, tests/fault_matrix_test.cpp).
+std::shared_ptr<Buffer> allocate_for(Allocator& allocator, const std::filesystem::path& path,
+                                     std::uint64_t size, std::uint64_t alignment) {
+  try {
+    return allocator.allocate(size, alignment);
+  } catch (const OutOfMemoryError& e) {
+    throw OutOfMemoryError(path.string() + ": cannot allocate " + std::to_string(size) +
+                           " bytes: " + e.what());
+  }
+}
+
 std::uint64_t align_up(std::uint64_t v, std::uint64_t a) {
   std::uint64_t down = align_down(v, a);
   return down == v ? v : down + a;
@@ -260,7 +272,8 @@ LoadStats Loader::load() {
     if (staged) {
       // The data section goes to offset 0 of the device buffer; the superset is read into
       // pinned slots and only data-section bytes are copied.
-      buffers[i] = allocator->allocate(std::max<std::uint64_t>(h.data_size(), 1), 256);
+      buffers[i] = allocate_for(*allocator, s.files[i].path,
+                                std::max<std::uint64_t>(h.data_size(), 1), 256);
       data_starts[i] = buffers[i]->data();
       if (h.data_size() > 0) {
         staged_files.push_back(detail::StagedFile{file.get(), begin, end, h.data_offset(),
@@ -268,8 +281,8 @@ LoadStats Loader::load() {
         largest_read = std::max(largest_read, length);
       }
     } else {
-      buffers[i] = allocator->allocate(std::max<std::uint64_t>(length, 1),
-                                       std::max<std::uint64_t>(a, device_buffers ? 256 : 64));
+      buffers[i] = allocate_for(*allocator, s.files[i].path, std::max<std::uint64_t>(length, 1),
+                                std::max<std::uint64_t>(a, device_buffers ? 256 : 64));
       data_starts[i] = buffers[i]->data() + (h.data_offset() - begin);
       if (h.data_size() > 0) {
         requests.push_back(ReadRequest{file.get(), begin, length, buffers[i]->data()});
@@ -321,7 +334,8 @@ LoadStats Loader::load() {
       const std::size_t align = dtype_alignment(t.dtype);
       std::byte* src = data_starts[i] + t.begin;
       if (reinterpret_cast<std::uintptr_t>(src) % align == 0 || t.nbytes() == 0) continue;
-      auto side = allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 64));
+      auto side = allocate_for(*allocator, s.files[i].path, t.nbytes(),
+                               std::max<std::size_t>(align, 64));
       std::memcpy(side->data(), src, t.nbytes());
       s.realigned.emplace(t.name, std::move(side));
     }

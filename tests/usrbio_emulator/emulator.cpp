@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -185,8 +186,20 @@ struct ShmMapping {
   size_t size = 0;
 };
 
+// Bytes of shared memory this process's emulator created and still holds (iovs from iovcreate,
+// rings), checked against WARPLOAD_EMU_SHM_LIMIT_BYTES: a /dev/shm that is full.
+std::atomic<uint64_t> g_shm_bytes{0};
+
+void release_shm_bytes(size_t size) noexcept { g_shm_bytes.fetch_sub(size); }
+
 // Opens (or creates) POSIX shared memory `name`, sizes it when creating, maps it shared.
+// Creating more than WARPLOAD_EMU_SHM_LIMIT_BYTES in all fails with -ENOSPC.
 int map_shm(const std::string& name, size_t size, bool create, ShmMapping* out) {
+  uint64_t limit = 0;
+  if (create && env_u64("WARPLOAD_EMU_SHM_LIMIT_BYTES", &limit) &&
+      g_shm_bytes.load() + size > limit) {
+    return -ENOSPC;
+  }
   int flags = create ? (O_RDWR | O_CREAT | O_EXCL) : O_RDWR;
   int fd = ::shm_open(name.c_str(), flags | O_CLOEXEC, 0600);
   if (fd < 0) return -errno;
@@ -210,6 +223,7 @@ int map_shm(const std::string& name, size_t size, bool create, ShmMapping* out) 
     if (create) ::shm_unlink(name.c_str());
     return -e;
   }
+  if (create) g_shm_bytes.fetch_add(size);
   out->base = p;
   out->size = size;
   return 0;
@@ -501,6 +515,7 @@ int create_ring(hf3fs_ior* ior, const char* mount, int entries, bool for_read, i
     ring->work_cv.notify_all();
     for (auto& t : ring->workers) t.join();
     ::munmap(ring->shm.base, ring->shm.size);
+    release_shm_bytes(ring->shm.size);
     return -EAGAIN;
   }
 
@@ -577,6 +592,7 @@ HF3FS_EMU_EXPORT int hf3fs_iovcreate(hf3fs_iov* iov, const char* mount, size_t s
     if (rc != 0) {
       ::munmap(map.base, map.size);
       ::shm_unlink(h->shm_name.c_str());
+      release_shm_bytes(map.size);
     }
   }
   if (rc == 0) {
@@ -664,6 +680,7 @@ HF3FS_EMU_EXPORT void hf3fs_iovdestroy(hf3fs_iov* iov) {
   if (h->owner) {
     ::unlink(h->link_path.c_str());
     ::shm_unlink(h->shm_name.c_str());
+    release_shm_bytes(iov->size);
   }
   delete h;
   iov->iovh = nullptr;
@@ -725,6 +742,7 @@ HF3FS_EMU_EXPORT void hf3fs_iordestroy(hf3fs_ior* ior) {
     r->done_cv.notify_all();
   }
   ::munmap(r->shm.base, r->shm.size);
+  release_shm_bytes(r->shm.size);
   delete r;
   ior->iorh = nullptr;
   ior->iov.base = nullptr;
