@@ -10,6 +10,7 @@
 
 #include "common/printable.hpp"
 #include "core/rank_plan.hpp"
+#include "core/tensor_view.hpp"
 #include "warpload/config.hpp"
 #include "warpload/device.hpp"
 #include "warpload/distributed.hpp"
@@ -93,8 +94,8 @@ void agree(Collective& collective, const std::string& fingerprint,
     const Status s = parse_status(all[static_cast<std::size_t>(q)]);
     if (s.code == "ok") continue;
     if (q == collective.rank() && local) std::rethrow_exception(local);
-    throw_peer_error(s.code, "rank " + std::to_string(q) + " of " + std::to_string(world) +
-                                 ": " + s.message);
+    throw_peer_error(
+        s.code, "rank " + std::to_string(q) + " of " + std::to_string(world) + ": " + s.message);
   }
   const Status first = parse_status(all.front());
   for (int q = 1; q < static_cast<int>(all.size()); ++q) {
@@ -115,25 +116,7 @@ std::string hex(std::uint64_t v) {
 
 TensorView make_view(const TensorInfo& t, std::byte* data, std::shared_ptr<const Buffer> owner,
                      const std::string& file) {
-  TensorView v;
-  v.name = t.name;
-  v.dtype = t.dtype;
-  v.nbytes = t.nbytes();
-  bool fits = std::all_of(t.shape.begin(), t.shape.end(),
-                          [](std::uint64_t dim) { return dim <= INT64_MAX; });
-  v.shape.assign(t.shape.begin(), t.shape.end());
-  v.strides.assign(t.shape.size(), 1);
-  for (std::size_t d = t.shape.size(); fits && d-- > 1;) {
-    fits = !__builtin_mul_overflow(v.strides[d], v.shape[d], &v.strides[d - 1]);
-  }
-  if (!fits) {
-    throw UnsupportedError(file + ": tensor '" + detail::printable(t.name) + "': shape " +
-                           format_shape(t.shape) + " exceeds 2^63 - 1 elements");
-  }
-  v.data = data;
-  v.memory = owner->kind();
-  v.owner = std::move(owner);
-  return v;
+  return detail::make_tensor_view(t, data, std::move(owner), file);
 }
 
 }  // namespace
@@ -256,7 +239,8 @@ void DistributedLoader::fail(const std::exception& error) {
 
 LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery delivery) {
   State& s = *state_;
-  if (s.loaded) throw UnsupportedError("load() called on a loaded DistributedLoader; release() first");
+  if (s.loaded)
+    throw UnsupportedError("load() called on a loaded DistributedLoader; release() first");
   const int me = s.rank();
   const int world = s.world();
   const auto& files = s.catalog.files();
@@ -275,8 +259,8 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
           "(use the Collective directly on device buffers)");
     }
     if (Device::parse(s.options.device).is_cuda()) {
-      throw UnsupportedError("DistributedLoader loads to host memory; device '" +
-                             s.options.device + "' is not supported (copy tensors afterwards)");
+      throw UnsupportedError("DistributedLoader loads to host memory; device '" + s.options.device +
+                             "' is not supported (copy tensors afterwards)");
     }
     plan = plan_ranks(files, segments, world, s.distributed.granularity);
     fingerprint = hex(plan.fingerprint());
@@ -293,7 +277,8 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     }
     const std::uint64_t S = plan.slot_bytes;
     const std::uint64_t G = plan.granularity;
-    const std::uint64_t size = delivery == Delivery::kAll ? S * static_cast<std::uint64_t>(world) : S;
+    const std::uint64_t size =
+        delivery == Delivery::kAll ? S * static_cast<std::uint64_t>(world) : S;
     base = delivery == Delivery::kAll ? 0 : S * static_cast<std::uint64_t>(me);
     buffer = s.allocator->allocate(std::max<std::uint64_t>(size, 1), G);
 
@@ -323,8 +308,8 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
       const std::uint64_t ab = align_down(fo_b, a);
       const std::uint64_t ae = align_up(fo_e, a);
       const std::uint64_t stream = plan.stream[r.segment] + (r.begin - plan.data_begin[r.segment]);
-      requests.push_back(ReadRequest{file.get(), ab, ae - ab,
-                                     buffer->data() + (stream - (fo_b - ab) - base)});
+      requests.push_back(
+          ReadRequest{file.get(), ab, ae - ab, buffer->data() + (stream - (fo_b - ab) - base)});
       bytes_read += std::min(ae, h.file_size) - ab;
     }
     ReadControl control;
@@ -340,8 +325,8 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     read_stats.backend = storage->capabilities().name;
     read_stats.device = "cpu";
     read_stats.files = open.size();
-    read_stats.direct_files = static_cast<std::size_t>(std::count_if(
-        open.begin(), open.end(), [](const auto& f) { return f.second->direct(); }));
+    read_stats.direct_files = static_cast<std::size_t>(
+        std::count_if(open.begin(), open.end(), [](const auto& f) { return f.second->direct(); }));
   } catch (...) {
     local = std::current_exception();
   }
@@ -368,8 +353,8 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     const Segment& seg = plan.segments[i];
     const Header& h = files[seg.file].header;
     for (std::size_t t = seg.first; t < seg.last; ++t) {
-      s.placed.emplace(h.tensors[t].name,
-                       State::Placed{i, plan.stream[i] + (h.tensors[t].begin - plan.data_begin[i])});
+      s.placed.emplace(h.tensors[t].name, State::Placed{i, plan.stream[i] + (h.tensors[t].begin -
+                                                                             plan.data_begin[i])});
     }
   }
   if (delivery == Delivery::kAll) {
@@ -505,7 +490,8 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
   auto held = [&](int q) {
     const std::uint64_t lo = std::max(p.stream, s.slot_lo(q));
     const std::uint64_t hi = std::min(p.stream + t.nbytes(), s.slot_hi(q));
-    return lo < hi ? std::pair{lo - p.stream, hi - p.stream} : std::pair{std::uint64_t{0}, std::uint64_t{0}};
+    return lo < hi ? std::pair{lo - p.stream, hi - p.stream}
+                   : std::pair{std::uint64_t{0}, std::uint64_t{0}};
   };
   const auto [my_lo, my_hi] = held(me);
   // The part this rank read itself.
@@ -525,13 +511,12 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
     std::vector<ReadRequest> requests;
     std::uint64_t bytes = 0;
     auto add_range = [&](std::uint64_t lo, std::uint64_t hi) {
-      detail::for_each_overlap(mine, lo, hi,
-                               [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
-                                 requests.push_back(ReadRequest{
-                                     f.get(), planned.header.data_offset() + t.begin + off, n,
-                                     dest->data() + block_off});
-                                 bytes += n;
-                               });
+      detail::for_each_overlap(
+          mine, lo, hi, [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
+            requests.push_back(ReadRequest{f.get(), planned.header.data_offset() + t.begin + off, n,
+                                           dest->data() + block_off});
+            bytes += n;
+          });
     };
     add_range(0, my_lo);  // a rank that holds nothing has my_lo == my_hi == 0
     add_range(my_hi, t.nbytes());

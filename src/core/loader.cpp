@@ -11,9 +11,10 @@
 #include <unordered_map>
 
 #include "common/printable.hpp"
-#include "core/file_set.hpp"
 #include "core/device_storage.hpp"
+#include "core/file_set.hpp"
 #include "core/staged_pipeline.hpp"
+#include "core/tensor_view.hpp"
 #include "core/verify.hpp"
 #include "device/cuda_shim.hpp"
 #include "warpload/config.hpp"
@@ -167,10 +168,9 @@ void Loader::add(const std::filesystem::path& path) {
         other = &added[jt->second.file - first_new];
       }
       if (other != nullptr) {
-        throw InvalidFileError(
-            FormatRule::kDuplicateTensor,
-            added[f].path.string() + ": tensor '" + detail::printable(name) + "' is also in " +
-                other->path.string());
+        throw InvalidFileError(FormatRule::kDuplicateTensor,
+                               added[f].path.string() + ": tensor '" + detail::printable(name) +
+                                   "' is also in " + other->path.string());
       }
       names.emplace(name, TensorRef{first_new + f, t});
     }
@@ -272,8 +272,8 @@ LoadStats Loader::load() {
     if (staged) {
       // The data section goes to offset 0 of the device buffer; the superset is read into
       // pinned slots and only data-section bytes are copied.
-      buffers[i] = allocate_for(*allocator, s.files[i].path,
-                                std::max<std::uint64_t>(h.data_size(), 1), 256);
+      buffers[i] =
+          allocate_for(*allocator, s.files[i].path, std::max<std::uint64_t>(h.data_size(), 1), 256);
       data_starts[i] = buffers[i]->data();
       if (h.data_size() > 0) {
         staged_files.push_back(detail::StagedFile{file.get(), begin, end, h.data_offset(),
@@ -334,8 +334,8 @@ LoadStats Loader::load() {
       const std::size_t align = dtype_alignment(t.dtype);
       std::byte* src = data_starts[i] + t.begin;
       if (reinterpret_cast<std::uintptr_t>(src) % align == 0 || t.nbytes() == 0) continue;
-      auto side = allocate_for(*allocator, s.files[i].path, t.nbytes(),
-                               std::max<std::size_t>(align, 64));
+      auto side =
+          allocate_for(*allocator, s.files[i].path, t.nbytes(), std::max<std::size_t>(align, 64));
       std::memcpy(side->data(), src, t.nbytes());
       s.realigned.emplace(t.name, std::move(side));
     }
@@ -417,37 +417,15 @@ TensorView Loader::tensor(std::string_view name) const {
                            "' requested before load()");
   }
   const TensorInfo& t = s.info(ref);
-  TensorView v;
-  v.name = t.name;
-  v.dtype = t.dtype;
-  v.nbytes = t.nbytes();
-  // Views hold int64 shapes and strides. A non-empty tensor always fits (its element count is
-  // bounded by the file's size); an empty one (a 0 among its dims) may not.
-  bool fits = std::all_of(t.shape.begin(), t.shape.end(),
-                          [](std::uint64_t dim) { return dim <= INT64_MAX; });
-  v.shape.assign(t.shape.begin(), t.shape.end());
-  v.strides.assign(t.shape.size(), 1);
-  for (std::size_t d = t.shape.size(); fits && d-- > 1;) {
-    fits = !__builtin_mul_overflow(v.strides[d], v.shape[d], &v.strides[d - 1]);
-  }
-  if (!fits) {
-    throw UnsupportedError(s.files[ref.file].path.string() + ": tensor '" +
-                           detail::printable(t.name) + "': shape " + format_shape(t.shape) +
-                           " or its strides exceed 2^63 - 1 elements, the limit of a TensorView");
-  }
+  const std::string& file = s.files[ref.file].path.string();
   if (t.nbytes() == 0) {
     // No bytes to point at: give empty tensors an aligned address all the same.
-    v.data = s.buffers[ref.file]->data();
-    v.owner = s.buffers[ref.file];
-  } else if (auto it = s.realigned.find(t.name); it != s.realigned.end()) {
-    v.data = it->second->data();
-    v.owner = it->second;
-  } else {
-    v.data = s.data_starts[ref.file] + t.begin;
-    v.owner = s.buffers[ref.file];
+    return detail::make_tensor_view(t, s.buffers[ref.file]->data(), s.buffers[ref.file], file);
   }
-  v.memory = v.owner->kind();
-  return v;
+  if (auto it = s.realigned.find(t.name); it != s.realigned.end()) {
+    return detail::make_tensor_view(t, it->second->data(), it->second, file);
+  }
+  return detail::make_tensor_view(t, s.data_starts[ref.file] + t.begin, s.buffers[ref.file], file);
 }
 
 void Loader::copy_to_host(std::string_view name, std::span<std::byte> dest) const {
