@@ -54,6 +54,7 @@
 
 #include "storage/hf3fs_shim.hpp"
 #include "support/fault_storage.hpp"
+#include "support/process_counters.hpp"
 #include "support/random_checkpoint.hpp"
 #include "support/reference_reader.hpp"
 #include "support/temp_dir.hpp"
@@ -63,6 +64,8 @@ namespace warpload {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::count_entries;
+using testing::count_shm_mappings;
 using testing::FaultInjectingStorage;
 using testing::TempDir;
 
@@ -78,26 +81,6 @@ const bool kDoublesSelected = [] {
   return true;
 }();
 
-std::size_t count_entries(const char* folder) {
-  std::size_t n = 0;
-  DIR* dir = opendir(folder);
-  if (dir == nullptr) return 0;
-  while (dirent* entry = readdir(dir)) {
-    if (std::strcmp(entry->d_name, ".") != 0 && std::strcmp(entry->d_name, "..") != 0) ++n;
-  }
-  closedir(dir);
-  return n;
-}
-
-std::size_t count_shm_mappings() {
-  std::ifstream maps("/proc/self/maps");
-  std::size_t n = 0;
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find("/dev/shm/") != std::string::npos) ++n;
-  }
-  return n;
-}
-
 // ---- test doubles local to the matrix ----
 
 // Host memory that counts its live buffers: every buffer a failed load made must be gone.
@@ -105,10 +88,10 @@ class CountingAllocator final : public Allocator {
  public:
   explicit CountingAllocator(bool fail) : inner_(make_host_allocator()), fail_(fail) {}
   [[nodiscard]] MemoryKind kind() const noexcept override { return MemoryKind::kHost; }
-  [[nodiscard]] std::shared_ptr<Buffer> allocate(std::size_t size,
-                                                 std::size_t alignment) override {
-    if (fail_) throw OutOfMemoryError("fault matrix: allocator refuses " + std::to_string(size) +
-                                      " bytes (ENOMEM)");
+  [[nodiscard]] std::shared_ptr<Buffer> allocate(std::size_t size, std::size_t alignment) override {
+    if (fail_)
+      throw OutOfMemoryError("fault matrix: allocator refuses " + std::to_string(size) +
+                             " bytes (ENOMEM)");
     return std::make_shared<CountedBuffer>(inner_->allocate(size, alignment), live_);
   }
   [[nodiscard]] long live() const noexcept { return live_->load(); }
@@ -316,8 +299,7 @@ struct Fakes {
       if (cuda != nullptr) {
         f.cuda_reset = reinterpret_cast<ResetFn>(dlsym(cuda, "fake_cuda_reset"));
         f.live_allocations = reinterpret_cast<CountFn>(dlsym(cuda, "fake_cuda_live_allocations"));
-        f.live_pinned =
-            reinterpret_cast<CountFn>(dlsym(cuda, "fake_cuda_live_pinned_allocations"));
+        f.live_pinned = reinterpret_cast<CountFn>(dlsym(cuda, "fake_cuda_live_pinned_allocations"));
         f.live_streams = reinterpret_cast<CountFn>(dlsym(cuda, "fake_cuda_live_streams"));
       }
       void* cufile = dlopen(WARPLOAD_FAKE_CUFILE, RTLD_NOW);
@@ -540,8 +522,8 @@ class FaultMatrix {
       case FaultKind::kShortOdd:
       case FaultKind::kShortUnderChunk:
         if (host_decorated) {
-          repeating = std::make_shared<RepeatingFaultStorage>(
-              real_storage(b), RepeatPlan{short_size(f.kind), 0, 0});
+          repeating = std::make_shared<RepeatingFaultStorage>(real_storage(b),
+                                                              RepeatPlan{short_size(f.kind), 0, 0});
           options.custom_storage = repeating;
         } else if (is_3fs(b)) {
           set("WARPLOAD_EMU_MAX_IO_BYTES", std::to_string(short_size(f.kind)), nullptr);
@@ -660,8 +642,8 @@ class FaultMatrix {
           EXPECT_LT(at - io->offset(), kChunk + 4096) << what;
         }
         EXPECT_TRUE(contains(what, std::to_string(io->offset()))) << what;
-        return "IoError EIO at " + std::to_string(io->offset()) + " (fault " +
-               std::to_string(at) + ")";
+        return "IoError EIO at " + std::to_string(io->offset()) + " (fault " + std::to_string(at) +
+               ")";
       }
       case FaultKind::kEnomem: {
         const bool oom = dynamic_cast<const OutOfMemoryError*>(&e) != nullptr;
@@ -736,9 +718,12 @@ class FaultMatrix {
 
 TEST(FaultMatrixTest, EveryBackendUnderEveryFault) {
   const std::vector<Backend> backends = {
-      {"posix", "posix", false, "cpu"},  {"uring", "uring", false, "cpu"},
-      {"uring+direct", "uring", true, "cpu"}, {"mmap", "mmap", false, "cpu"},
-      {"auto", "auto", false, "cpu"},    {"3fs (emulator)", "3fs", false, "cpu"},
+      {"posix", "posix", false, "cpu"},
+      {"uring", "uring", false, "cpu"},
+      {"uring+direct", "uring", true, "cpu"},
+      {"mmap", "mmap", false, "cpu"},
+      {"auto", "auto", false, "cpu"},
+      {"3fs (emulator)", "3fs", false, "cpu"},
       {"staged GPU (posix, fake CUDA)", "posix", false, "cuda:0"},
       {"gds (fake cuFile)", "gds", false, "cuda:0"},
   };

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "storage/hf3fs_shim.hpp"
+#include "support/process_counters.hpp"
 #include "support/temp_dir.hpp"
 #include "warpload/warpload.hpp"
 
@@ -30,29 +31,9 @@ namespace warpload {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::count_entries;
+using testing::count_shm_mappings;
 using testing::TempDir;
-
-// Shared-memory mappings of this process (iovs and rings live in /dev/shm). Counting /dev/shm
-// itself would see other test processes running at the same time (ctest -j).
-std::size_t count_shm_mappings() {
-  std::ifstream maps("/proc/self/maps");
-  std::size_t n = 0;
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find("/dev/shm/") != std::string::npos) ++n;
-  }
-  return n;
-}
-
-std::size_t count_entries(const char* folder) {
-  std::size_t n = 0;
-  DIR* dir = opendir(folder);
-  if (dir == nullptr) return 0;
-  while (dirent* entry = readdir(dir)) {
-    if (std::strcmp(entry->d_name, ".") != 0 && std::strcmp(entry->d_name, "..") != 0) ++n;
-  }
-  closedir(dir);
-  return n;
-}
 
 // One file's tensors and their bytes.
 struct WrittenFile {
@@ -172,29 +153,28 @@ TEST_F(Usrbio, LoadsByteExactAcrossSettings) {
                                (300 << 10) + i * 4099, 11 + i));
   }
   const Settings cases[] = {
-      {0, 0, 0, 0, 0, false, 0, UsrbioTarget::kAuto},  // defaults
+      {0, 0, 0, 0, 0, false, 0, UsrbioTarget::kAuto},     // defaults
       {0, 0, 0, 0, 0, false, 0, UsrbioTarget::kStaging},  // staging chosen, not forced
-      {1, 1, 64 << 10, 0, 0, false, 0},                // one ring, one entry
-      {4, 3, 100'000, 0, 0, false, 0},                 // odd chunk, tiny rings
-      {3, 16, 1 << 20, 64 << 10, 0, false, 0},         // iov blocks smaller than the chunk
+      {1, 1, 64 << 10, 0, 0, false, 0},                   // one ring, one entry
+      {4, 3, 100'000, 0, 0, false, 0},                    // odd chunk, tiny rings
+      {3, 16, 1 << 20, 64 << 10, 0, false, 0},            // iov blocks smaller than the chunk
       {2, 8, 100'000, 48 << 10, 0, false, -4},         // blocks not dividing the chunk; io_depth<0
       {2, 8, 1 << 20, 0, 0, true, 0},                  // staging, default size
       {3, 4, 1 << 20, 0, 100'000, true, 0},            // staging smaller than the chunk
       {2, 4, 256 << 10, 96 << 10, 200'000, true, -2},  // staging in blocks
       // io_depth > 0: batches of exactly io_depth, the last one completed by fillers
       {2, 8, 100'000, 0, 0, false, 3},
-      {1, 5, 64 << 10, 0, 0, false, 5},                // io_depth == entries
-      {3, 6, 64 << 10, 48 << 10, 0, false, 4},         // with iov blocks
+      {1, 5, 64 << 10, 0, 0, false, 5},                                 // io_depth == entries
+      {3, 6, 64 << 10, 48 << 10, 0, false, 4},                          // with iov blocks
       {2, 4, 256 << 10, 0, 300'000, false, 3, UsrbioTarget::kStaging},  // staging slots < batch
-      {1, 1, 1 << 20, 0, 0, true, 1},                  // one entry, batches of one
+      {1, 1, 1 << 20, 0, 0, true, 1},                                   // one entry, batches of one
   };
   for (const Settings& s : cases) {
-    SCOPED_TRACE("rings " + std::to_string(s.rings) + " entries " + std::to_string(s.entries) +
-                 " chunk " + std::to_string(s.chunk) + " block " +
-                 std::to_string(s.iov_block_size) + " staging " + std::to_string(s.staging_bytes) +
-                 (s.own_allocator ? " own allocator" : "") + " io_depth " +
-                 std::to_string(s.io_depth) + " target " +
-                 std::string(usrbio_target_name(s.target)));
+    SCOPED_TRACE(
+        "rings " + std::to_string(s.rings) + " entries " + std::to_string(s.entries) + " chunk " +
+        std::to_string(s.chunk) + " block " + std::to_string(s.iov_block_size) + " staging " +
+        std::to_string(s.staging_bytes) + (s.own_allocator ? " own allocator" : "") + " io_depth " +
+        std::to_string(s.io_depth) + " target " + std::string(usrbio_target_name(s.target)));
     LoadOptions options = options_3fs();
     options.storage.block_size = s.chunk;
     options.storage.usrbio.rings = s.rings;
@@ -348,8 +328,7 @@ TEST_F(Usrbio, TargetDecidesWhereTheBytesLive) {
     loader.add(file.path);
     static_cast<void>(loader.load());
     expect_loaded(loader, file);
-    const std::size_t iov_links =
-        count_entries((mount_.path() / "3fs-virt" / "iovs").c_str());
+    const std::size_t iov_links = count_entries((mount_.path() / "3fs-virt" / "iovs").c_str());
     if (target == UsrbioTarget::kIov) {
       EXPECT_GE(iov_links, 1u);
       EXPECT_GT(count_shm_mappings(), shm_before_);
@@ -413,32 +392,32 @@ TEST_F(Usrbio, ReadErrorNamesFileAndOffset) {
   const std::uint64_t fail_at = fs::file_size(file.path) - 100'000;
   setenv("WARPLOAD_EMU_FAIL_OFFSET", std::to_string(fail_at).c_str(), 1);
   for (const int io_depth : {0, 5}) {  // 5: the failure leaves a batch for fillers to complete
-  for (const bool own : {false, true}) {
-    SCOPED_TRACE(std::string(own ? "staging" : "zero copy") + " io_depth " +
-                 std::to_string(io_depth));
-    LoadOptions options = options_3fs();
-    options.storage.block_size = 256 << 10;
-    options.storage.usrbio.rings = 3;
-    options.storage.usrbio.io_depth = io_depth;
-    options.storage.usrbio.stall_timeout_ms = 5000;
-    if (own) options.allocator = make_host_allocator();
-    {
-      Loader loader(options);
-      loader.add(file.path);
-      try {
-        static_cast<void>(loader.load());
-        FAIL() << "expected IoError";
-      } catch (const IoError& e) {
-        EXPECT_EQ(e.error_number(), EIO);
-        EXPECT_LE(e.offset(), fail_at);
-        EXPECT_GT(e.offset() + (256 << 10), fail_at);
-        EXPECT_NE(std::string(e.what()).find(file.path.string()), std::string::npos) << e.what();
-        EXPECT_NE(std::string(e.what()).find(std::to_string(e.offset())), std::string::npos);
+    for (const bool own : {false, true}) {
+      SCOPED_TRACE(std::string(own ? "staging" : "zero copy") + " io_depth " +
+                   std::to_string(io_depth));
+      LoadOptions options = options_3fs();
+      options.storage.block_size = 256 << 10;
+      options.storage.usrbio.rings = 3;
+      options.storage.usrbio.io_depth = io_depth;
+      options.storage.usrbio.stall_timeout_ms = 5000;
+      if (own) options.allocator = make_host_allocator();
+      {
+        Loader loader(options);
+        loader.add(file.path);
+        try {
+          static_cast<void>(loader.load());
+          FAIL() << "expected IoError";
+        } catch (const IoError& e) {
+          EXPECT_EQ(e.error_number(), EIO);
+          EXPECT_LE(e.offset(), fail_at);
+          EXPECT_GT(e.offset() + (256 << 10), fail_at);
+          EXPECT_NE(std::string(e.what()).find(file.path.string()), std::string::npos) << e.what();
+          EXPECT_NE(std::string(e.what()).find(std::to_string(e.offset())), std::string::npos);
+        }
+        EXPECT_FALSE(loader.loaded());
       }
-      EXPECT_FALSE(loader.loaded());
+      expect_nothing_leaked();
     }
-    expect_nothing_leaked();
-  }
   }
 }
 
