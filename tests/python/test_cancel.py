@@ -74,11 +74,16 @@ CHILD = textwrap.dedent("""
             print("LOADING", flush=True)
     rss = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])
     before = rss()
+    interrupted = False
     try:
         warpload.load_file(path, framework="numpy", progress=progress, backend="posix",
                            threads=1, block_size=4096)
         print("FINISHED", flush=True)
     except KeyboardInterrupt:
+        interrupted = True
+    # Counted once the exception is handled: until then its traceback keeps load_file's frame
+    # (and whatever it held) alive, as for any Python exception.
+    if interrupted:
         print("INTERRUPTED live=%d rss_growth_kib=%d" % (warpload.live_host_bytes(), rss() - before),
               flush=True)
 """)
