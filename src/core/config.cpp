@@ -277,8 +277,8 @@ TunedSettings read_config(const fs::path& path) {
     o.iov_block_size =
         u->count("iov_block_size", std::numeric_limits<std::uint64_t>::max()).value_or(0);
     if (auto target = u->string("target"); target && !parse_usrbio_target(*target, &o.target)) {
-      invalid(path, "usrbio.target must be \"auto\", \"iov\" or \"staging\" (got \"" +
-                        *target + "\")");
+      invalid(path,
+              "usrbio.target must be \"auto\", \"iov\" or \"staging\" (got \"" + *target + "\")");
     }
   }
   if (auto t = c.object("tuned_on")) {

@@ -17,14 +17,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <fstream>
-#include <sstream>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -573,7 +573,8 @@ class RingWorker {
       if (got > 0) {
         in_flight_ -= std::min(in_flight_, static_cast<std::size_t>(got));
         for (int i = 0; i < got; ++i) {  // slots become free for fillers
-          const auto slot = reinterpret_cast<std::uintptr_t>(cqes_[static_cast<std::size_t>(i)].userdata);
+          const auto slot =
+              reinterpret_cast<std::uintptr_t>(cqes_[static_cast<std::size_t>(i)].userdata);
           if (slot < slots_.size()) free_slots_.push_back(slot);
         }
         continue;

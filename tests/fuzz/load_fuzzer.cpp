@@ -143,8 +143,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ::setenv("WARPLOAD_HF3FS_LIB", WARPLOAD_USRBIO_EMULATOR, 0);  // a caller's choice wins
 #endif
     for (const std::string& name : warpload::available_storage_names()) {
-      if (name == "posix" || name == "uring" || name == "mmap" || name == "auto" ||
-          name == "3fs") {
+      if (name == "posix" || name == "uring" || name == "mmap" || name == "auto" || name == "3fs") {
         names.push_back(name);
       }
     }

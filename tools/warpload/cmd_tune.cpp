@@ -73,7 +73,8 @@ std::string label(const Candidate& c) {
   if (u.io_depth != 0) out += fmt::format(" io_depth={}", u.io_depth);
   if (u.staging_bytes != 0) out += " staging=" + size_text(u.staging_bytes);
   if (u.iov_block_size != 0) out += " iov_block=" + size_text(u.iov_block_size);
-  if (u.target != UsrbioTarget::kAuto) out += fmt::format(" target={}", usrbio_target_name(u.target));
+  if (u.target != UsrbioTarget::kAuto)
+    out += fmt::format(" target={}", usrbio_target_name(u.target));
   return out;
 }
 
@@ -131,12 +132,11 @@ std::vector<Parameter> parameters_for(const std::string& backend, bool quick) {
                         },
                         [u](StorageOptions& s, std::int64_t v) { s.usrbio.iov_block_size = u(v); }};
     // Where host bytes land: both are measured, whatever auto would pick here.
-    Parameter target{"target",
-                     fixed({static_cast<std::int64_t>(UsrbioTarget::kIov),
-                            static_cast<std::int64_t>(UsrbioTarget::kStaging)}),
-                     [](StorageOptions& s, std::int64_t v) {
-                       s.usrbio.target = static_cast<UsrbioTarget>(v);
-                     }};
+    Parameter target{
+        "target",
+        fixed({static_cast<std::int64_t>(UsrbioTarget::kIov),
+               static_cast<std::int64_t>(UsrbioTarget::kStaging)}),
+        [](StorageOptions& s, std::int64_t v) { s.usrbio.target = static_cast<UsrbioTarget>(v); }};
     return {target, block, rings, entries, io_depth, staging, iov_block};
   }
   return {};  // auto, mmap: nothing to sweep
