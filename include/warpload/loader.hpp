@@ -73,7 +73,8 @@ struct LoadOptions {
   // A ready backend (e.g. a decorated one); when set, `backend` and `storage` are ignored.
   std::shared_ptr<Storage> custom_storage;
   // Called from a monitor thread about 10 times a second during load(), and once at the
-  // end, with bytes landed so far and the total.
+  // end, with bytes landed so far and the total. It must not throw (an exception escaping a
+  // thread terminates the process); to stop a load, set `cancel` instead.
   std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
   // When set, load() checks it before reading and about 10 times a second while reading; once
   // it reads true the reads stop and load() throws CancelledError, keeping nothing (as for any
