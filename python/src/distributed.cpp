@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "storage_options.hpp"
 #include "tensor_export.hpp"
 #include "warpload/distributed.hpp"
 #include "warpload/error.hpp"
@@ -144,11 +145,7 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
                        bool shared_storage, std::uint64_t round_bytes) {
              LoadOptions o;
              o.backend = backend;
-             o.storage.direct = direct;
-             o.storage.threads = threads;
-             o.storage.block_size = block_size;
-             o.storage.queue_depth = queue_depth;
-             o.storage.usrbio.mount_point = mount_point;
+             o.storage = storage_options(direct, threads, block_size, queue_depth, mount_point);
              o.config = config;
              o.use_config = use_config;
              DistributedOptions d;

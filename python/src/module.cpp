@@ -28,6 +28,7 @@
 #include "cancellable_call.hpp"
 #include "distributed.hpp"
 #include "python_memory.hpp"
+#include "storage_options.hpp"
 #include "storage/hf3fs_shim.hpp"
 #include "tensor_export.hpp"
 #include "warpload/config.hpp"
@@ -509,11 +510,7 @@ PYBIND11_MODULE(_warpload, m) {
                        const std::string& mount_point, const py::object& allocator) {
              PyLoadOptions o;
              o.backend = backend;
-             o.storage.direct = direct;
-             o.storage.threads = threads;
-             o.storage.block_size = block_size;
-             o.storage.queue_depth = queue_depth;
-             o.storage.usrbio.mount_point = mount_point;
+             o.storage = storage_options(direct, threads, block_size, queue_depth, mount_point);
              o.config = config;
              o.use_config = use_config;
              o.device = device;
