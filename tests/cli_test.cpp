@@ -875,6 +875,30 @@ TEST_F(CliTest, GdsWithoutCuFileFallsBackWithOneLine) {
   EXPECT_NE(json_string(json.root["gds_fallback"]).find("libcufile.so.0"), std::string::npos);
 }
 
+// A device load reports what it cost: wall time with allocation, device memory used (the drop
+// in cuMemGetInfo's free memory) and host RSS growth, next to the ring budget it was given.
+TEST_F(CliTest, DeviceLoadJsonReportsMemoryAndTakesAStagingBudget) {
+  const FakeGpu gpu;
+  const CliResult r = run_cli({"load", checkpoint().string(), "--device", "cuda:0", "--backend",
+                               "posix", "--staging", "1MiB", "--json"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const Json json = parse_json(r.out);
+  const auto bytes = std::uint64_t(json.root["bytes"]);
+  EXPECT_EQ(std::uint64_t(json.root["staging_bytes"]), std::uint64_t{1} << 20);
+  const auto used = std::uint64_t(json.root["device_memory_used_bytes"]);
+  EXPECT_GE(used, bytes);
+  EXPECT_LE(used, bytes + bytes / 100 + (std::uint64_t{1} << 20));
+  // The fake's device memory is host memory: the growth holds the tensors once, plus the ring.
+  EXPECT_GE(std::uint64_t(json.root["host_rss_growth_bytes"]), bytes / 2);
+  EXPECT_GE(double(json.root["wall_seconds"]), double(json.root["seconds"]));
+
+  const CliResult text = run_cli({"load", checkpoint().string(), "--device", "cuda:0"});
+  ASSERT_EQ(text.status, 0) << describe(text);
+  EXPECT_NE(text.out.find("device memory used"), std::string::npos) << text.out;
+  expect_failure(run_cli({"load", checkpoint().string(), "--device", "cuda:0", "--staging", "lots"}),
+                 2, "--staging");
+}
+
 TEST_F(CliTest, GdsIsForDevicesOnly) {
   expect_failure(run_cli({"load", checkpoint().string(), "--backend", "gds"}), 2, "'gds'");
   expect_failure(run_cli({"bench", checkpoint().string(), "--backends", "gds"}), 2, "'gds'");

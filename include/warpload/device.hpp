@@ -43,6 +43,15 @@ struct Device {
 // (MemoryKind::kPinnedHost). Same errors as make_cuda_allocator().
 [[nodiscard]] std::shared_ptr<Allocator> make_pinned_allocator(Device device);
 
+// Free and total memory of `device` in bytes, as the driver reports them (cuMemGetInfo in the
+// device's primary context, retained for the call only). Memory other processes hold counts
+// as used. Same errors as make_cuda_allocator().
+struct DeviceMemoryInfo {
+  std::uint64_t free_bytes = 0;
+  std::uint64_t total_bytes = 0;
+};
+[[nodiscard]] DeviceMemoryInfo cuda_memory_info(Device device);
+
 // The pinned host-to-device copy rate of `device`, the ceiling of any load into it from host
 // memory: `bytes` of page-locked memory (make_pinned_allocator) copied into one device buffer
 // with cuMemcpyHtoDAsync on one stream and waited for, `runs` times (after one untimed warm-up

@@ -17,9 +17,9 @@
 // Device loads (LoadOptions::device "cuda:N"): each file's data section is placed at offset 0
 // of one device Buffer (256-byte aligned), so TensorView::data is a device address
 // (memory == MemoryKind::kDevice), not dereferenceable on the host. A tensor whose offset
-// inside its file's data section is not a multiple of its element size cannot be aligned
-// without a device-to-device copy, so load() refuses it with UnsupportedError naming the file
-// and tensor (the reference writer never produces one).
+// inside its file's data section is not a multiple of its element size (the reference writer
+// never produces one) is moved after the read, with a device-to-device copy, into a device
+// buffer of its own: correct, at the cost of that tensor's bytes once more while it lives.
 //
 // Lifetime: views hold a reference to their buffer, so they stay valid after the Loader is
 // destroyed or release()d. Thread safety: add/plan/load/release are not concurrent with each

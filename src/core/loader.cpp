@@ -288,20 +288,6 @@ LoadStats Loader::load() {
         requests.push_back(ReadRequest{file.get(), begin, length, buffers[i]->data()});
       }
     }
-    if (device_buffers) {
-      // Device memory cannot be fixed up with a host memcpy after the read (see loader.hpp).
-      for (const TensorInfo& t : h.tensors) {
-        const std::size_t align = dtype_alignment(t.dtype);
-        if (t.nbytes() == 0 ||
-            reinterpret_cast<std::uintptr_t>(data_starts[i] + t.begin) % align == 0) {
-          continue;
-        }
-        throw UnsupportedError(planned.path.string() + ": tensor '" + detail::printable(t.name) +
-                               "': offset " + std::to_string(t.begin) +
-                               " in the data section is not a multiple of its element size (" +
-                               std::to_string(align) + " bytes); device loads cannot realign it");
-      }
-    }
     open_files.push_back(std::move(file));
   }
 
@@ -317,7 +303,7 @@ LoadStats Loader::load() {
     ProgressMonitor monitor(s.options.on_progress, control, s.total_bytes, s.options.cancel);
     if (staged) {
       detail::run_staged_load(*storage, staged_files, device,
-                              detail::plan_staging(s.options.staging_bytes, largest_read),
+                              detail::plan_staging_from_env(s.options.staging_bytes, largest_read),
                               &control);
     } else {
       storage->read(requests, &control);
@@ -328,15 +314,27 @@ LoadStats Loader::load() {
   open_files.clear();
 
   // Views must be aligned to their element size; move the few tensors whose place in the
-  // file does not allow that (never the case for files from the reference writer).
-  for (std::size_t i = 0; i < s.files.size() && !device_buffers; ++i) {
+  // file does not allow that (never the case for files from the reference writer, which
+  // orders tensors by alignment) into buffers of their own: a memcpy in host memory, a
+  // device-to-device copy in device memory.
+  for (std::size_t i = 0; i < s.files.size(); ++i) {
     for (const TensorInfo& t : s.files[i].header.tensors) {
       const std::size_t align = dtype_alignment(t.dtype);
       std::byte* src = data_starts[i] + t.begin;
       if (reinterpret_cast<std::uintptr_t>(src) % align == 0 || t.nbytes() == 0) continue;
-      auto side =
-          allocate_for(*allocator, s.files[i].path, t.nbytes(), std::max<std::size_t>(align, 64));
-      std::memcpy(side->data(), src, t.nbytes());
+      auto side = allocate_for(*allocator, s.files[i].path, t.nbytes(),
+                               std::max<std::size_t>(align, device_buffers ? 256 : 64));
+      if (device_buffers) {
+        try {
+          detail::copy_on_device(side->data(), src, t.nbytes(), device.index);
+        } catch (const Error& e) {
+          throw UnsupportedError(s.files[i].path.string() + ": tensor '" +
+                                 detail::printable(t.name) + "': realigning it on " +
+                                 device.name() + ": " + e.what());
+        }
+      } else {
+        std::memcpy(side->data(), src, t.nbytes());
+      }
       s.realigned.emplace(t.name, std::move(side));
     }
   }

@@ -51,6 +51,7 @@ typedef CUresult (*cuDevicePrimaryCtxRelease_v2_fn)(CUdevice device);
 typedef CUresult (*cuCtxGetCurrent_fn)(CUcontext* ctx);
 typedef CUresult (*cuCtxSetCurrent_fn)(CUcontext ctx);
 typedef CUresult (*cuMemAlloc_v2_fn)(CUdeviceptr* dptr, size_t bytes);
+typedef CUresult (*cuMemGetInfo_v2_fn)(size_t* free_bytes, size_t* total_bytes);
 typedef CUresult (*cuMemFree_v2_fn)(CUdeviceptr dptr);
 typedef CUresult (*cuMemHostAlloc_fn)(void** pp, size_t bytes, unsigned int flags);
 typedef CUresult (*cuMemFreeHost_fn)(void* p);
@@ -59,6 +60,7 @@ typedef CUresult (*cuMemHostUnregister_fn)(void* p);
 typedef CUresult (*cuMemcpyHtoDAsync_v2_fn)(CUdeviceptr dst, const void* src, size_t bytes,
                                             CUstream stream);
 typedef CUresult (*cuMemcpyDtoH_v2_fn)(void* dst, CUdeviceptr src, size_t bytes);
+typedef CUresult (*cuMemcpyDtoD_v2_fn)(CUdeviceptr dst, CUdeviceptr src, size_t bytes);
 typedef CUresult (*cuStreamCreate_fn)(CUstream* stream, unsigned int flags);
 typedef CUresult (*cuStreamDestroy_v2_fn)(CUstream stream);
 typedef CUresult (*cuStreamSynchronize_fn)(CUstream stream);

@@ -119,12 +119,14 @@ std::unique_ptr<CudaApi> load_cuda_api(const std::string& library) {
   bind(handle, library, "cuCtxSetCurrent", &api->ctx_set_current);
   bind(handle, library, "cuMemAlloc_v2", &api->mem_alloc);
   bind(handle, library, "cuMemFree_v2", &api->mem_free);
+  bind(handle, library, "cuMemGetInfo_v2", &api->mem_get_info);
   bind(handle, library, "cuMemHostAlloc", &api->mem_host_alloc);
   bind(handle, library, "cuMemFreeHost", &api->mem_free_host);
   bind(handle, library, "cuMemHostRegister_v2", &api->mem_host_register);
   bind(handle, library, "cuMemHostUnregister", &api->mem_host_unregister);
   bind(handle, library, "cuMemcpyHtoDAsync_v2", &api->memcpy_htod_async);
   bind(handle, library, "cuMemcpyDtoH_v2", &api->memcpy_dtoh);
+  bind(handle, library, "cuMemcpyDtoD_v2", &api->memcpy_dtod);
   bind(handle, library, "cuStreamCreate", &api->stream_create);
   bind(handle, library, "cuStreamDestroy_v2", &api->stream_destroy);
   bind(handle, library, "cuStreamSynchronize", &api->stream_synchronize);
@@ -310,6 +312,13 @@ void copy_to_host(void* dst, const std::byte* src, std::size_t bytes, int device
   cuda_check(
       cuda_api().memcpy_dtoh(dst, to_device_ptr(src), bytes),
       "cuda:" + std::to_string(device) + ": cuMemcpyDtoH of " + std::to_string(bytes) + " bytes");
+}
+
+void copy_on_device(std::byte* dst, const std::byte* src, std::size_t bytes, int device) {
+  const CudaContextScope scope(device);
+  cuda_check(
+      cuda_api().memcpy_dtod(to_device_ptr(dst), to_device_ptr(src), bytes),
+      "cuda:" + std::to_string(device) + ": cuMemcpyDtoD of " + std::to_string(bytes) + " bytes");
 }
 
 CudaHostRegistration::CudaHostRegistration(int device, void* data, std::size_t bytes)

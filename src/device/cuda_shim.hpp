@@ -43,12 +43,14 @@ struct CudaApi {
   cuCtxSetCurrent_fn ctx_set_current = nullptr;
   cuMemAlloc_v2_fn mem_alloc = nullptr;
   cuMemFree_v2_fn mem_free = nullptr;
+  cuMemGetInfo_v2_fn mem_get_info = nullptr;
   cuMemHostAlloc_fn mem_host_alloc = nullptr;
   cuMemFreeHost_fn mem_free_host = nullptr;
   cuMemHostRegister_v2_fn mem_host_register = nullptr;
   cuMemHostUnregister_fn mem_host_unregister = nullptr;
   cuMemcpyHtoDAsync_v2_fn memcpy_htod_async = nullptr;
   cuMemcpyDtoH_v2_fn memcpy_dtoh = nullptr;
+  cuMemcpyDtoD_v2_fn memcpy_dtod = nullptr;
   cuStreamCreate_fn stream_create = nullptr;
   cuStreamDestroy_v2_fn stream_destroy = nullptr;
   cuStreamSynchronize_fn stream_synchronize = nullptr;
@@ -163,6 +165,10 @@ void copy_to_device_async(std::byte* dst, const void* src, std::size_t bytes,
 // Not ordered with work on NON_BLOCKING streams: synchronize those first. Mostly for tests
 // and verification.
 void copy_to_host(void* dst, const std::byte* src, std::size_t bytes, int device);
+
+// Synchronous copy of `bytes` between two device addresses on `device` (cuMemcpyDtoD; the
+// ranges must not overlap). Same ordering caveat as copy_to_host().
+void copy_on_device(std::byte* dst, const std::byte* src, std::size_t bytes, int device);
 
 // Page-locks an existing host range for `device`'s copies (cuMemHostRegister, PORTABLE) for
 // the object's lifetime; unregistered on destruction (noexcept).

@@ -42,6 +42,17 @@ bool cuda_available() noexcept {
   }
 }
 
+DeviceMemoryInfo cuda_memory_info(Device device) {
+  if (!device.is_cuda()) throw std::invalid_argument("cuda_memory_info: not a CUDA device");
+  detail::check_cuda_device(device.index);
+  const detail::CudaContextScope scope(device.index);
+  std::size_t free_bytes = 0;
+  std::size_t total_bytes = 0;
+  detail::cuda_check(detail::cuda_api().mem_get_info(&free_bytes, &total_bytes),
+                     device.name() + ": cuMemGetInfo");
+  return DeviceMemoryInfo{free_bytes, total_bytes};
+}
+
 double measure_pinned_copy_gbps(Device device, std::uint64_t bytes, unsigned runs) {
   const auto size = static_cast<std::size_t>(std::max<std::uint64_t>(bytes, 1));
   const auto pinned = make_pinned_allocator(device)->allocate(size, 4096);

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -422,6 +423,24 @@ FAKE_CUDA_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
   return kSuccess;
 }
 
+// Free memory: the device's total less what is allocated on it (fake devices share none).
+FAKE_CUDA_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+  if (free_bytes == nullptr || total_bytes == nullptr) return kInvalidValue;
+  State& s = state();
+  const std::lock_guard<std::mutex> lock(s.mutex);
+  Context* context = nullptr;
+  if (const CUresult r = require_context(s, &context); r != kSuccess) return r;
+  std::size_t used = 0;
+  for (const auto& [base, allocation] : s.device_memory) {
+    if (allocation.context == context) {
+      used += (allocation.size + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
+    }
+  }
+  *total_bytes = kTotalMemory;
+  *free_bytes = kTotalMemory - std::min(used, kTotalMemory);
+  return kSuccess;
+}
+
 FAKE_CUDA_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
   State& s = state();
   const std::lock_guard<std::mutex> lock(s.mutex);
@@ -543,6 +562,23 @@ FAKE_CUDA_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t byt
   if (bytes == 0) return kSuccess;
   if (dst == nullptr || !in_device_memory(s, src, bytes)) return kInvalidValue;
   std::memcpy(dst, reinterpret_cast<const void*>(static_cast<std::uintptr_t>(src)), bytes);
+  return kSuccess;
+}
+
+FAKE_CUDA_EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+  State& s = state();
+  Context* context = nullptr;
+  {
+    const std::lock_guard<std::mutex> lock(s.mutex);
+    if (const CUresult r = require_context(s, &context); r != kSuccess) return r;
+  }
+  drain_context(context);
+  const std::lock_guard<std::mutex> lock(s.mutex);
+  if (context->sticky != kSuccess) return context->sticky;
+  if (bytes == 0) return kSuccess;
+  if (!in_device_memory(s, src, bytes) || !in_device_memory(s, dst, bytes)) return kInvalidValue;
+  std::memcpy(reinterpret_cast<void*>(static_cast<std::uintptr_t>(dst)),
+              reinterpret_cast<const void*>(static_cast<std::uintptr_t>(src)), bytes);
   return kSuccess;
 }
 

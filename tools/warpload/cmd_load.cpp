@@ -4,9 +4,12 @@
 
 #include <fmt/core.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <xxhash.h>
 
+#include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -41,8 +44,65 @@ std::uint64_t peak_rss_bytes() {
   return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
 }
 
+// Resident memory of this process now, in bytes (/proc/self/statm); 0 when unreadable.
+std::uint64_t current_rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::uint64_t pages = 0;
+  std::uint64_t resident = 0;
+  if (!(statm >> pages >> resident)) return 0;
+  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Peak resident memory since the last reset_peak_rss() (VmHWM), in bytes; falls back to the
+// process's lifetime peak where /proc/self/status lacks it.
+std::uint64_t window_peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return peak_rss_bytes();
+}
+
+// Starts a new peak-RSS window (writing 5 to /proc/self/clear_refs resets VmHWM to the
+// current RSS); false where the kernel refuses, and the window is then the process lifetime.
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.flush();
+  return static_cast<bool>(clear);
+}
+
+// Memory a device load costs, measured around Loader::load(): the device's primary context
+// is created first (a small allocation held across the load), so the driver's own host and
+// device memory for the context does not count as the load's.
+struct DeviceLoadMemory {
+  std::shared_ptr<Buffer> context_anchor;
+  std::uint64_t rss_before = 0;
+  std::uint64_t device_free_before = 0;
+  bool peak_window = false;
+  // Filled after the load:
+  std::uint64_t host_growth = 0;
+  std::uint64_t device_used = 0;
+
+  void before(Device device) {
+    context_anchor = make_cuda_allocator(device)->allocate(256, 256);
+    device_free_before = cuda_memory_info(device).free_bytes;
+    rss_before = current_rss_bytes();
+    peak_window = reset_peak_rss();
+  }
+  void after(Device device) {
+    const std::uint64_t peak = window_peak_rss_bytes();
+    host_growth = peak > rss_before ? peak - rss_before : 0;
+    const std::uint64_t free_after = cuda_memory_info(device).free_bytes;
+    device_used = device_free_before > free_after ? device_free_before - free_after : 0;
+  }
+};
+
 void print_json(const LoadCommandOptions& options, const LoadStats& stats,
-                const std::vector<LoadedTensor>& tensors) {
+                const std::vector<LoadedTensor>& tensors, double wall_seconds,
+                const std::optional<DeviceLoadMemory>& device_memory,
+                std::uint64_t staging_bytes) {
   std::string out;
   JsonWriter w(out);
   w.begin_object()
@@ -56,7 +116,16 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
       .field("files", static_cast<std::uint64_t>(stats.files))
       .field("gds_fallback", stats.gds_fallback)
       .field("gds_compat_mode", stats.gds_compat_mode)
-      .field("peak_rss_bytes", peak_rss_bytes());
+      .field("peak_rss_bytes", peak_rss_bytes())
+      .field("wall_seconds", wall_seconds);
+  if (device_memory) {
+    // Host growth is the peak during the load over the RSS before it (context already up);
+    // device memory used is the drop in the device's free memory while the tensors live.
+    w.field("staging_bytes", staging_bytes)
+        .field("host_rss_growth_bytes", device_memory->host_growth)
+        .field("host_rss_peak_windowed", device_memory->peak_window)
+        .field("device_memory_used_bytes", device_memory->device_used);
+  }
   if (options.verify) w.field("verify_seconds", stats.verify_seconds);
   if (!options.manifest.empty()) w.field("manifest", options.manifest.string());
   w.key("config");
@@ -96,7 +165,9 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
 }
 
 void print_text(const LoadCommandOptions& options, const Loader& loader, const LoadStats& stats,
-                const std::vector<LoadedTensor>& tensors) {
+                const std::vector<LoadedTensor>& tensors,
+                const std::optional<DeviceLoadMemory>& device_memory,
+                std::uint64_t staging_bytes) {
   std::string out;
   if (options.hash) {
     const bool several_files = loader.files().size() > 1;
@@ -124,6 +195,17 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
                      stats.files == 1 ? "" : "s", format_seconds(stats.seconds), stats.gbps(),
                      describe_backend(stats, stats.storage.direct));
   if (stats.device != "cpu") out += fmt::format("device: {}\n", stats.device);
+  if (device_memory) {
+    const auto over = [&stats](std::uint64_t used) {
+      return stats.bytes ? (static_cast<double>(used) / static_cast<double>(stats.bytes) - 1) * 100
+                         : 0.0;
+    };
+    out += fmt::format(
+        "device memory used {} ({:+.2f}% over the bytes loaded); host memory grew {} during the "
+        "load (staging ring {})\n",
+        format_bytes(device_memory->device_used), over(device_memory->device_used),
+        format_bytes(device_memory->host_growth), format_bytes(staging_bytes));
+  }
   if (!stats.config.empty()) {
     out += fmt::format("config: {}\n", stats.config.string());
   }
@@ -198,6 +280,7 @@ void run_load(const LoadCommandOptions& options) {
   load_options.storage.block_size = options.block_size;
   load_options.storage.queue_depth = options.queue_depth;
   load_options.verify = options.verify;
+  if (options.staging_bytes != 0) load_options.staging_bytes = options.staging_bytes;
   ProgressBar bar(stderr, "load");
   if (bar.enabled()) {
     load_options.on_progress = [&bar](std::uint64_t done, std::uint64_t total) {
@@ -209,9 +292,17 @@ void run_load(const LoadCommandOptions& options) {
   const std::optional<Manifest> manifest =
       options.manifest.empty() ? std::nullopt : std::optional(read_manifest(options.manifest));
 
+  const std::uint64_t staging_bytes = load_options.staging_bytes;
+  const Device device = Device::parse(options.device);
+  std::optional<DeviceLoadMemory> device_memory;
   Loader loader(std::move(load_options));
   loader.add(options.paths);
+  if (to_device) device_memory.emplace().before(device);
+  const auto wall_start = std::chrono::steady_clock::now();
   const LoadStats stats = loader.load();
+  const double wall_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  if (device_memory) device_memory->after(device);
   bar.finish();
 
   // Hashing reads the loaded memory after the timed phase, so it is not in the GB/s. Device
@@ -241,9 +332,9 @@ void run_load(const LoadCommandOptions& options) {
   }
 
   if (options.json) {
-    print_json(options, stats, tensors);
+    print_json(options, stats, tensors, wall_seconds, device_memory, staging_bytes);
   } else {
-    print_text(options, loader, stats, tensors);
+    print_text(options, loader, stats, tensors, device_memory, staging_bytes);
   }
 }
 

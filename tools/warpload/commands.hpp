@@ -41,6 +41,7 @@ struct LoadCommandOptions {
   unsigned threads = 0;          // 0 = backend default
   std::uint64_t block_size = 0;  // 0 = backend default
   unsigned queue_depth = 0;      // 0 = backend default
+  std::uint64_t staging_bytes = 0;  // device loads' pinned ring; 0 = LoadOptions' default
   bool hash = false;
   bool json = false;
   bool verify = false;             // LoadOptions::verify: re-read every tensor and compare

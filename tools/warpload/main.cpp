@@ -147,6 +147,11 @@ int run(int argc, char** argv) {
   load_cmd->add_option("--device", load.device,
                        "where tensors go: cpu or cuda:N (GPUDirect Storage with --backend gds "
                        "or auto where it works, else staged through pinned memory; default: cpu)");
+  load_cmd
+      ->add_option("--staging", load.staging_bytes,
+                   "pinned host memory for a device load's staging ring, e.g. 1GiB (default: "
+                   "256MiB)")
+      ->transform(size_transform());
   load_cmd->add_flag("--hash", load.hash,
                      "print XXH3-64 of every tensor (after the timing; device tensors are "
                      "copied back to host first)");
