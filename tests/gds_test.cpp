@@ -48,6 +48,7 @@ const bool kLibrariesSelected = [] {
     setenv("WARPLOAD_CUDA_LIB", WARPLOAD_FAKE_CUDA, 1);
     setenv("WARPLOAD_CUFILE_LIB", WARPLOAD_FAKE_CUFILE, 1);
     setenv("FAKE_CUFILE_CUDA_LIB", WARPLOAD_FAKE_CUDA, 1);
+    setenv("WARPLOAD_NVIDIA_FS_PATH", "/", 1);  // the fake cuFile plays a GDS machine
     for (const char* name :
          {"FAKE_CUDA_DEVICES", "FAKE_CUDA_FAIL_ALLOC_AFTER", "FAKE_CUDA_FAIL_COPY_AFTER",
           "FAKE_CUFILE_DRIVER_OPEN_ERROR", "FAKE_CUFILE_COMPAT",
@@ -321,6 +322,23 @@ TEST_F(GdsTest, AutoPicksGdsWhenCuFileRunsInGdsMode) {
   EXPECT_TRUE(fallback_lines(::testing::internal::GetCapturedStderr()).empty());
   EXPECT_EQ(stats.backend, "gds");
   EXPECT_FALSE(stats.gds_compat_mode);
+  expect_matches_reference(loader, 0);
+}
+
+TEST_F(GdsTest, AutoWithoutNvidiaFsNeverOpensCuFile) {
+  SKIP_ON_REAL_GPU();
+  TempDir dir;
+  write_checkpoint(dir);
+  const ScopedEnv no_module("WARPLOAD_NVIDIA_FS_PATH", "/nonexistent/nvidia-fs");
+  const long long opens = Fakes::get().driver_opens();
+  ::testing::internal::CaptureStderr();
+  Loader loader(device_options("auto"));
+  loader.add(dir.path());
+  const LoadStats stats = loader.load();
+  EXPECT_TRUE(fallback_lines(::testing::internal::GetCapturedStderr()).empty());
+  EXPECT_EQ(stats.backend, "auto");
+  EXPECT_NE(stats.gds_fallback.find("nvidia-fs"), std::string::npos) << stats.gds_fallback;
+  EXPECT_EQ(Fakes::get().driver_opens(), opens);
   expect_matches_reference(loader, 0);
 }
 

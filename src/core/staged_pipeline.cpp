@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -18,8 +19,25 @@ namespace warpload::detail {
 namespace {
 
 constexpr std::uint64_t kSlotGranule = std::uint64_t{64} << 10;  // >= any O_DIRECT alignment
-constexpr std::uint64_t kMaxSlotBytes = std::uint64_t{64} << 20;
-constexpr std::size_t kReaderThreads = 2;
+constexpr std::uint64_t kDefaultSlotBytes = std::uint64_t{4} << 20;
+constexpr std::uint64_t kMaxSlots = 16;
+
+// Shape of the ring by default (docs/performance.md, "staged pipeline shape", H200 machine):
+// page-locking the ring is paid on every load (~0.35 s per GiB there), so a small ring of
+// many slots, each filled by its own reader, beats a large one: 16 x 4 MiB with 16 readers
+// reached 39.5 GB/s where 4 x 64 MiB with 2 readers reached 22 and 64 x 16 MiB 10.7.
+std::size_t default_readers() noexcept {
+  return std::clamp<std::size_t>(std::thread::hardware_concurrency(), 2, kMaxSlots);
+}
+
+// A positive integer from the environment, or 0.
+std::uint64_t env_count(const char* name) noexcept {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') return 0;
+  char* end = nullptr;
+  const unsigned long long parsed = std::strtoull(value, &end, 10);
+  return end != nullptr && *end == '\0' ? parsed : 0;
+}
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
@@ -54,10 +72,12 @@ std::vector<Piece> cut_into_pieces(std::span<const StagedFile> files, std::uint6
 // may take a slot. Its destructor synchronizes every stream before the slots are freed.
 class BounceRing {
  public:
-  BounceRing(Device device, const StagingPlan& plan) : device_(device) {
-    auto pinned = make_pinned_allocator(device);
+  BounceRing(Device device, const StagingPlan& plan)
+      : device_(device),
+        pinned_(make_pinned_allocator(device)),
+        slot_bytes_(plan.slot_bytes),
+        slots_(plan.slots) {
     for (std::size_t i = 0; i < plan.slots; ++i) {
-      slots_.push_back(pinned->allocate(plan.slot_bytes, kSlotGranule));
       streams_.push_back(std::make_unique<CudaStream>(device.index));
       events_.push_back(std::make_unique<CudaEvent>(device.index));
       next_piece_.push_back(i);
@@ -71,13 +91,19 @@ class BounceRing {
 
   // Blocks until piece `p` may use its slot (piece p - size() has queued its copy and
   // recorded the slot's event), then until that copy has finished. false when the load
-  // stopped meanwhile.
+  // stopped meanwhile. A slot's pinned memory is allocated by the reader of its first piece,
+  // so the readers page-lock their slots in parallel while the first reads already run
+  // (pinning is the ring's main cost: ~0.35 s per GiB on the H200 machine).
   [[nodiscard]] bool acquire(std::size_t p) {
     const std::size_t s = p % size();
     {
       std::unique_lock lock(mutex_);
       turn_.wait(lock, [&] { return stopped_ || next_piece_[s] == p; });
       if (stopped_) return false;
+    }
+    if (!slots_[s]) {  // only piece s gets here: it holds the slot's turn
+      slots_[s] = pinned_->allocate(slot_bytes_, kSlotGranule);
+      return true;
     }
     events_[s]->synchronize();  // the previous copy out of this slot is done
     return true;
@@ -120,6 +146,10 @@ class BounceRing {
   }
 
   Device device_;
+  std::shared_ptr<Allocator> pinned_;
+  std::uint64_t slot_bytes_;
+  // Filled lazily by acquire(); each entry written once, by the reader holding the slot's
+  // turn, and read afterwards only by holders of later turns (ordered through mutex_).
   std::vector<std::shared_ptr<Buffer>> slots_;  // destroyed last (members in reverse order)
   std::vector<std::unique_ptr<CudaStream>> streams_;
   std::vector<std::unique_ptr<CudaEvent>> events_;
@@ -131,14 +161,26 @@ class BounceRing {
 
 }  // namespace
 
-StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read) noexcept {
-  std::uint64_t slot = std::clamp<std::uint64_t>(budget / 4, kSlotGranule, kMaxSlotBytes);
-  slot = slot / kSlotGranule * kSlotGranule;
+StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read,
+                         std::uint64_t slot_bytes, std::size_t readers) noexcept {
+  // Slot: the override, else 4 MiB, never more than half the budget (two slots fit).
+  std::uint64_t slot = slot_bytes != 0 ? slot_bytes : std::min(kDefaultSlotBytes, budget / 2);
+  slot = std::max(round_up(slot, kSlotGranule), kSlotGranule);
   slot = std::min(slot, round_up(std::max<std::uint64_t>(largest_read, 1), kSlotGranule));
-  std::uint64_t slots = std::max<std::uint64_t>(2, budget / slot);
+  // Slots: as many as the budget holds, 2 .. 16 (or more when a slot size was forced and
+  // the budget holds them), no more than the largest file needs.
+  const std::uint64_t fit = std::max<std::uint64_t>(2, budget / slot);
+  std::uint64_t slots = slot_bytes != 0 ? fit : std::min(fit, kMaxSlots);
   const std::uint64_t needed = (largest_read + slot - 1) / slot;
   slots = std::clamp<std::uint64_t>(needed, 2, slots);
-  return StagingPlan{static_cast<std::size_t>(slots), slot};
+  const std::size_t wanted = readers != 0 ? readers : default_readers();
+  return StagingPlan{static_cast<std::size_t>(slots), slot,
+                     std::clamp<std::size_t>(wanted, 1, static_cast<std::size_t>(slots))};
+}
+
+StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_read) {
+  return plan_staging(budget, largest_read, env_count("WARPLOAD_STAGING_SLOT_BYTES"),
+                      static_cast<std::size_t>(env_count("WARPLOAD_STAGING_READERS")));
 }
 
 void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device device,
@@ -195,7 +237,7 @@ void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device
   {
     std::vector<std::jthread> helpers;
     try {
-      for (std::size_t i = 1; i < kReaderThreads; ++i) helpers.emplace_back(reader);
+      for (std::size_t i = 1; i < plan.readers; ++i) helpers.emplace_back(reader);
     } catch (...) {
       ring.stop();
       throw;

@@ -8,8 +8,8 @@
 // previous copy has completed (its event), read the piece into the slot with the backend's
 // ordinary read() (so every backend, O_DIRECT included, works unchanged), enqueue the copy of
 // the piece's data-section bytes on the slot's stream and record the slot's event. Two reader
-// threads take consecutive pieces, so the reads of the next slots overlap the copies of the
-// previous ones. A slot is reused only after its event completes.
+// threads (StagingPlan::readers) take consecutive pieces, so the reads of the next slots
+// overlap the copies of the previous ones. A slot is reused only after its event completes.
 //
 // Placement: only the data section is copied; file `i`'s byte `data_begin + k` lands at
 // `dest + k`. The header bytes of the aligned superset stay in the slot.
@@ -51,12 +51,25 @@ struct StagedFile {
 struct StagingPlan {
   std::size_t slots = 0;         // >= 2
   std::uint64_t slot_bytes = 0;  // multiple of 64 KiB (so of every file's alignment)
+  std::size_t readers = 2;       // reader threads, 1 .. slots
 };
 
-// Slots for a staging budget (bytes of pinned memory, at least 2 x 64 KiB is used whatever
-// the budget): slots of budget / 4 (64 KiB .. 64 MiB), at least 2, no more (and no larger)
-// than the `largest_read` bytes of one file's read range need.
-[[nodiscard]] StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read) noexcept;
+// Slots for a staging budget (a cap on bytes of pinned memory; at least 2 x 64 KiB is used
+// whatever the budget): slots of 4 MiB (at most budget / 2), 2 .. 16 of them within the
+// budget, no more (and no larger) than the `largest_read` bytes of one file's read range
+// need; one reader per core, 2 .. 16, never more than slots. With the default 256 MiB budget
+// the ring is 64 MiB: page-locking is paid on every load, and a larger ring was slower
+// (docs/performance.md).
+// `slot_bytes` / `readers` other than 0 replace the slot size (rounded up to 64 KiB) and the
+// reader count (the budget still caps the ring).
+[[nodiscard]] StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read,
+                                       std::uint64_t slot_bytes = 0,
+                                       std::size_t readers = 0) noexcept;
+
+// plan_staging() with the developer overrides $WARPLOAD_STAGING_SLOT_BYTES and
+// $WARPLOAD_STAGING_READERS (plain integers; for measuring the pipeline's shape,
+// tests/gpu/staging_sweep.sh), read at each call.
+[[nodiscard]] StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_read);
 
 // Runs the pipeline for `files` onto `device` (see the top of this file). `control` may be
 // null. Throws as described above.
