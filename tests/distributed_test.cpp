@@ -503,7 +503,8 @@ TEST(Nccl, MissingLibraryIsUnsupportedNamingIt) {
 }
 
 // On a GPU machine (tests/gpu/run.sh sets WARPLOAD_GPU_REAL=1): a one-rank NCCL communicator
-// all-gathers and broadcasts a tensor loaded to cuda:0; the bytes must equal a host load's.
+// all-gathers and broadcasts a tensor loaded to cuda:0, then a DistributedLoader loads the
+// checkpoint to cuda:0 over it; the bytes must equal a host load's.
 TEST(Nccl, SingleRankCollectiveMovesALoadedTensor) {
   const char* real = std::getenv("WARPLOAD_GPU_REAL");
   if (real == nullptr || std::string(real) != "1") {
@@ -532,6 +533,20 @@ TEST(Nccl, SingleRankCollectiveMovesALoadedTensor) {
   const TensorView want = host.tensor("b.f32");
   EXPECT_TRUE(same_bytes(back.data(), want.data, want.nbytes));
   EXPECT_EQ(comm->all_gather_status("ok"), std::vector<std::string>{"ok"});
+
+  // The DistributedLoader over NCCL: reads staged into device memory, all-gather on the device.
+  LoadOptions on_device = posix_options();
+  on_device.device = "cuda:0";
+  DistributedLoader loader(comm, on_device);
+  for (const auto& f : c.files) loader.add(f);
+  EXPECT_EQ(loader.load(Delivery::kAll).device, "cuda:0");
+  for (const auto& [name, expected] : c.bytes) {
+    const TensorView got = loader.tensor(name);
+    EXPECT_EQ(got.memory, MemoryKind::kDevice) << name;
+    std::vector<std::byte> bytes(got.nbytes);
+    if (!bytes.empty()) detail::copy_to_host(bytes.data(), got.data, bytes.size(), 0);
+    EXPECT_EQ(bytes, expected) << name;
+  }
 }
 
 }  // namespace

@@ -173,7 +173,12 @@ struct DistributedStats {
   std::uint64_t direct_bytes = 0;   // shard bytes read from storage by the direct-read rule
 };
 
-// Loads host memory (LoadOptions::device must be "cpu"; the collective's memory() kHost).
+// Memory follows the collective: a host collective (torch.distributed's gloo, threads) loads
+// host memory (LoadOptions::device "cpu"); a device collective (NCCL) loads this rank's local
+// device (LoadOptions::device "cuda:N", buffers from LoadOptions::allocator if it is a device
+// allocator, else cuMemAlloc): each rank's reads reach its share of the device buffer through
+// the staged pipeline and the all-gather runs on the device, so every view is device memory.
+// Device loads support Delivery::kAll only (shard() is then a view: nothing moves).
 // Lifetime as Loader: views keep their buffers alive. Not thread-safe.
 class DistributedLoader {
  public:

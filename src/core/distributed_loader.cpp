@@ -10,7 +10,9 @@
 
 #include "common/printable.hpp"
 #include "core/rank_plan.hpp"
+#include "core/staged_pipeline.hpp"
 #include "core/tensor_view.hpp"
+#include "device/cuda_shim.hpp"
 #include "warpload/config.hpp"
 #include "warpload/device.hpp"
 #include "warpload/distributed.hpp"
@@ -126,7 +128,9 @@ struct DistributedLoader::State {
   LoadOptions options;
   DistributedOptions distributed;
   Loader catalog;  // resolves paths and validates headers; never loads
-  std::shared_ptr<Allocator> allocator;
+  std::shared_ptr<Allocator> allocator;         // host buffers
+  std::shared_ptr<Allocator> device_allocator;  // device loads (a device collective)
+  Device device;
 
   RankPlan plan;
   Delivery delivery = Delivery::kAll;
@@ -253,15 +257,32 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
   std::exception_ptr local;
   std::string fingerprint = "-";
   try {
-    if (s.collective->memory() != MemoryKind::kHost) {
+    // Device memory goes with a device collective (NCCL): each rank's reads reach its share
+    // of the device buffer through the staged pipeline, and the all-gather runs on the device.
+    const Device device = Device::parse(s.options.device);
+    const bool on_device = s.collective->memory() == MemoryKind::kDevice;
+    if (on_device && !device.is_cuda()) {
       throw UnsupportedError(
-          "DistributedLoader delivers host memory; the collective's buffers are device memory "
-          "(use the Collective directly on device buffers)");
+          "the collective's buffers are device memory: set LoadOptions::device to this rank's "
+          "local \"cuda:N\"");
     }
-    if (Device::parse(s.options.device).is_cuda()) {
-      throw UnsupportedError("DistributedLoader loads to host memory; device '" + s.options.device +
-                             "' is not supported (copy tensors afterwards)");
+    if (!on_device && device.is_cuda()) {
+      throw UnsupportedError("DistributedLoader over a host collective loads host memory; device '" +
+                             s.options.device +
+                             "' needs a device collective (NCCL), or copy tensors afterwards");
     }
+    if (on_device && delivery == Delivery::kOnRequest) {
+      throw UnsupportedError(
+          "Delivery::kOnRequest is host memory only; device loads use Delivery::kAll (shard() "
+          "is then a view, nothing moves)");
+    }
+    if (on_device) {
+      s.device = device;
+      s.device_allocator = s.options.allocator && s.options.allocator->kind() == MemoryKind::kDevice
+                               ? s.options.allocator
+                               : make_cuda_allocator(device);
+    }
+    Allocator& allocator = on_device ? *s.device_allocator : *s.allocator;
     plan = plan_ranks(files, segments, world, s.distributed.granularity);
     fingerprint = hex(plan.fingerprint());
 
@@ -280,10 +301,12 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     const std::uint64_t size =
         delivery == Delivery::kAll ? S * static_cast<std::uint64_t>(world) : S;
     base = delivery == Delivery::kAll ? 0 : S * static_cast<std::uint64_t>(me);
-    buffer = s.allocator->allocate(std::max<std::uint64_t>(size, 1), G);
+    buffer = allocator.allocate(std::max<std::uint64_t>(size, 1), G);
 
     std::unordered_map<std::size_t, std::unique_ptr<StorageFile>> open;
     std::vector<ReadRequest> requests;
+    std::vector<detail::StagedFile> staged;  // device loads: the same reads, staged
+    std::uint64_t largest_read = 0;
     for (const RankRead& r : plan.reads[static_cast<std::size_t>(me)]) {
       const Segment& seg = plan.segments[r.segment];
       const PlannedFile& planned = files[seg.file];
@@ -308,8 +331,14 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
       const std::uint64_t ab = align_down(fo_b, a);
       const std::uint64_t ae = align_up(fo_e, a);
       const std::uint64_t stream = plan.stream[r.segment] + (r.begin - plan.data_begin[r.segment]);
-      requests.push_back(
-          ReadRequest{file.get(), ab, ae - ab, buffer->data() + (stream - (fo_b - ab) - base)});
+      if (on_device) {
+        staged.push_back(
+            detail::StagedFile{file.get(), ab, ae, fo_b, fo_e, buffer->data() + (stream - base)});
+        largest_read = std::max(largest_read, ae - ab);
+      } else {
+        requests.push_back(
+            ReadRequest{file.get(), ab, ae - ab, buffer->data() + (stream - (fo_b - ab) - base)});
+      }
       bytes_read += std::min(ae, h.file_size) - ab;
     }
     ReadControl control;
@@ -319,11 +348,16 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     }
     const auto start = std::chrono::steady_clock::now();
     if (!requests.empty()) storage->read(requests, &control);
+    if (!staged.empty()) {
+      detail::run_staged_load(
+          *storage, staged, device,
+          detail::plan_staging_from_env(s.options.staging_bytes, largest_read), &control);
+    }
     read_stats.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     read_stats.bytes = plan.rank_bytes(me);
     read_stats.backend = storage->capabilities().name;
-    read_stats.device = "cpu";
+    read_stats.device = device.name();
     read_stats.files = open.size();
     read_stats.direct_files = static_cast<std::size_t>(
         std::count_if(open.begin(), open.end(), [](const auto& f) { return f.second->direct(); }));
@@ -360,14 +394,21 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
   if (delivery == Delivery::kAll) {
     // Views must be aligned to their element size (only files not from the reference writer
     // need this copy; see Loader).
+    const bool on_device = buffer && buffer->kind() == MemoryKind::kDevice;
     for (const auto& [name, p] : s.placed) {
       const TensorInfo& t = s.catalog.info(name);
       std::byte* src = buffer->data() + p.stream;
       const std::size_t align = dtype_alignment(t.dtype);
       if (t.nbytes() == 0 || reinterpret_cast<std::uintptr_t>(src) % align == 0) continue;
-      auto side = s.allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 64));
-      std::memcpy(side->data(), src, t.nbytes());
-      s.realigned.emplace(name, std::move(side));
+      if (on_device) {
+        auto side = s.device_allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 256));
+        detail::copy_on_device(side->data(), src, t.nbytes(), s.device.index);
+        s.realigned.emplace(name, std::move(side));
+      } else {
+        auto side = s.allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 64));
+        std::memcpy(side->data(), src, t.nbytes());
+        s.realigned.emplace(name, std::move(side));
+      }
     }
   }
   s.plan = std::move(plan);

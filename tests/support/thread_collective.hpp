@@ -3,6 +3,9 @@
 // member(rank) gives each thread its Collective. Every wait is bounded by the timeout: a rank
 // that never arrives makes the others throw CollectiveError (ETIMEDOUT), and the group is then
 // broken for everyone (as a real communicator would be).
+//
+// MemoryKind::kDevice makes the members claim device buffers, as NCCL's do: only for the fake
+// CUDA driver (tests/fake_cuda), whose device memory is host memory the memcpy()s here reach.
 #pragma once
 
 #include <cerrno>
@@ -24,8 +27,9 @@ namespace warpload::testing {
 
 class ThreadGroup : public std::enable_shared_from_this<ThreadGroup> {
  public:
-  ThreadGroup(int world, std::chrono::milliseconds timeout)
-      : world_(world), timeout_(timeout), posted_(static_cast<std::size_t>(world)) {}
+  ThreadGroup(int world, std::chrono::milliseconds timeout,
+              MemoryKind memory = MemoryKind::kHost)
+      : world_(world), timeout_(timeout), memory_(memory), posted_(static_cast<std::size_t>(world)) {}
 
   [[nodiscard]] std::shared_ptr<Collective> member(int rank);
 
@@ -79,6 +83,7 @@ class ThreadGroup : public std::enable_shared_from_this<ThreadGroup> {
   }
 
   [[nodiscard]] int world() const noexcept { return world_; }
+  [[nodiscard]] MemoryKind memory() const noexcept { return memory_; }
 
  private:
   struct Mail {
@@ -120,6 +125,7 @@ class ThreadGroup : public std::enable_shared_from_this<ThreadGroup> {
 
   int world_;
   std::chrono::milliseconds timeout_;
+  MemoryKind memory_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<const void*> posted_;
@@ -135,7 +141,7 @@ class ThreadCollective final : public Collective {
       : group_(std::move(group)), rank_(rank) {}
   [[nodiscard]] int rank() const noexcept override { return rank_; }
   [[nodiscard]] int size() const noexcept override { return group_->world(); }
-  [[nodiscard]] MemoryKind memory() const noexcept override { return MemoryKind::kHost; }
+  [[nodiscard]] MemoryKind memory() const noexcept override { return group_->memory(); }
 
   void all_gather(std::span<const std::byte> in,
                   std::span<const std::span<std::byte>> out) override {
