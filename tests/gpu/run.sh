@@ -5,11 +5,17 @@
 #   tests/gpu/run.sh                     # the real thing (< 8 minutes)
 #   WARPLOAD_GPU_DRY=1 tests/gpu/run.sh  # dry run on any machine: fake CUDA driver and fake
 #                                        # cuFile from the build, 64 MiB checkpoint, no torch
+#   WARPLOAD_GPU_PREBUILT=DIR tests/gpu/run.sh
+#                                        # no build: DIR from scripts/gpu-prebuilt.sh (for a GPU
+#                                        # machine without simdjson/liburing/fmt/GoogleTest)
 #
-# 1. builds Release into build-gpu-real/ (dry: build-gpu-dry/);
+# 1. builds Release into build-gpu-real/ (dry: build-gpu-dry/), or takes DIR's binaries;
 # 2. runs gpu_pipeline_test and gds_test against the REAL libcuda.so.1 and libcufile.so.0
 #    (WARPLOAD_GPU_REAL=1: the fake-only checks skip; gds runs in whatever mode cuFile offers
-#    here -- GDS with nvidia-fs, else compatibility mode -- and skips without libcufile);
+#    here -- GDS with nvidia-fs, else compatibility mode -- and skips without libcufile),
+#    distributed_test's NCCL case, and tests/python/test_gpu.py (device loads from Python,
+#    an NCCL process group of one) when the Python package was built for this python3;
+#    libcufile.so.0 and libnccl.so.2 are also looked for in pip's nvidia-* wheels;
 # 3. generates an ~8 GiB checkpoint, warms the page cache, and times
 #      warpload load --device cuda:0 --backend auto   (best of 3; staged unless GDS mode)
 #      warpload load --device cuda:0 --backend gds    (best of 3; cuFile's mode, or n/a)
@@ -17,9 +23,12 @@
 #        measured by warpload itself, and every row against it
 #      safetensors.torch.load_file(device="cuda:0") + torch.cuda.synchronize() (best of 3),
 #      a pinned host-to-device copy with torch (non_blocking + synchronize): the PCIe ceiling;
+#    with each warpload load's host RSS growth (against the staging ring) and device memory
+#    used (against the tensor bytes);
 # 4. prints a markdown table LAST.
-# Outputs (logs, JSON) go to $OUT when set, else $BUILD/gpu-out/. Overrides: WARPLOAD_GPU_BUILD
-# (build folder), WARPLOAD_GPU_SIZE, WARPLOAD_GPU_CKPT, WARPLOAD_GPU_BUILD_TIMEOUT (s, 300).
+# Logs and JSON go to $BUILD/gpu-out/; when $OUT is set (the device tool), they are also packed
+# into $OUT/gpu-logs.tgz with $OUT/summary.md. Overrides: WARPLOAD_GPU_BUILD (build folder),
+# WARPLOAD_GPU_SIZE, WARPLOAD_GPU_CKPT, WARPLOAD_GPU_BUILD_TIMEOUT (s, 300).
 set -euo pipefail
 
 DRY=${WARPLOAD_GPU_DRY:-0}
@@ -30,25 +39,51 @@ else
   BUILD=${WARPLOAD_GPU_BUILD:-build-gpu-real}
   SIZE=${WARPLOAD_GPU_SIZE:-8GiB}
 fi
-OUT_DIR=${OUT:-$BUILD/gpu-out}
+PREBUILT=${WARPLOAD_GPU_PREBUILT:-}
+[[ -n "$PREBUILT" ]] && BUILD=$PREBUILT
+OUT_DIR=$BUILD/gpu-out
 CKPT=${WARPLOAD_GPU_CKPT:-$BUILD/ckpt-$SIZE}
 JOBS=$(nproc)
 mkdir -p "$OUT_DIR"
 log() { printf '== %s\n' "$*" >&2; }
+# Whatever happens, the logs come back through the device tool's $OUT.
+pack() {
+  if [[ -n "${OUT:-}" && -d "$OUT" ]]; then
+    tar czf "$OUT/gpu-logs.tgz" -C "$OUT_DIR" . 2>/dev/null || true
+    [[ -f "$OUT_DIR/summary.md" ]] && cp "$OUT_DIR/summary.md" "$OUT/"
+  fi
+  return 0
+}
+trap pack EXIT
 # Hermetic: no developer settings file steers a load.
 export XDG_CONFIG_HOME="$PWD/$BUILD/no-config" WARPLOAD_CONFIG=
 
-log "configure + build ($BUILD)"
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWARPLOAD_BUILD_EXAMPLES=OFF \
-  -DWARPLOAD_BUILD_BENCHMARKS=OFF >"$OUT_DIR/cmake.log" 2>&1
-timeout "${WARPLOAD_GPU_BUILD_TIMEOUT:-300}" ninja -C "$BUILD" -j"$JOBS" gpu_pipeline_test gds_test distributed_test warpload_cli fake_cuda \
-  fake_cufile >"$OUT_DIR/build.log" 2>&1 || { tail -30 "$OUT_DIR/build.log"; exit 1; }
+if [[ -n "$PREBUILT" ]]; then
+  log "prebuilt binaries in $PREBUILT (no build)"
+  export LD_LIBRARY_PATH="$PWD/$PREBUILT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  TEST_DIR=$PREBUILT/tests
+else
+  log "configure + build ($BUILD)"
+  # On the GPU machine the package is built for its python3 (the one with torch).
+  python_args=()
+  [[ "$DRY" != 1 ]] && python_args=(-DWARPLOAD_PYTHON="$(command -v python3)")
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWARPLOAD_BUILD_EXAMPLES=OFF \
+    -DWARPLOAD_BUILD_BENCHMARKS=OFF "${python_args[@]}" \
+    >"$OUT_DIR/cmake.log" 2>&1 || { tail -30 "$OUT_DIR/cmake.log"; exit 1; }
+  targets=(gpu_pipeline_test gds_test distributed_test warpload_cli fake_cuda fake_cufile)
+  grep -q '^warpload_python:' <(ninja -C "$BUILD" -t targets all 2>/dev/null) &&
+    targets+=(warpload_python)
+  timeout "${WARPLOAD_GPU_BUILD_TIMEOUT:-300}" ninja -C "$BUILD" -j"$JOBS" "${targets[@]}" \
+    >"$OUT_DIR/build.log" 2>&1 || { tail -30 "$OUT_DIR/build.log"; exit 1; }
+  TEST_DIR=$BUILD/tests
+fi
 
 if [[ "$DRY" == 1 ]]; then
   # The fakes stand in for the driver and cuFile; the tests know them by WARPLOAD_FAKE_*.
   export WARPLOAD_CUDA_LIB="$PWD/$BUILD/fake-cuda/libcuda.so.1"
   export WARPLOAD_CUFILE_LIB="$PWD/$BUILD/fake-cufile/libcufile.so.0"
   export FAKE_CUFILE_CUDA_LIB="$WARPLOAD_CUDA_LIB"
+  export WARPLOAD_NVIDIA_FS_PATH=/  # the fake cuFile plays a machine with nvidia-fs
   TEST_ENV=(env)
   WHAT="dry run: fakes"
 else
@@ -56,7 +91,31 @@ else
     >"$OUT_DIR/nvidia-smi.txt" 2>&1 || true
   lsmod 2>/dev/null | grep -E '^nvidia_fs' >"$OUT_DIR/nvidia-fs.txt" || echo "nvidia_fs not loaded" \
     >"$OUT_DIR/nvidia-fs.txt"
-  export WARPLOAD_CUDA_LIB='' WARPLOAD_CUFILE_LIB=''
+  # cuFile and NCCL: the system's, else the ones pip's nvidia-* wheels bring (torch's).
+  find_lib() {
+    local name=$1 found
+    found=$(ldconfig -p 2>/dev/null | awk -v n="$name" '$1 == n {print $NF; exit}' || true)
+    if [[ -z "$found" ]]; then
+      found=$( { python3 -c 'import site, sys; print("\n".join(site.getsitepackages()))' \
+                   2>/dev/null | sed 's|$|/nvidia|'; ls -d /usr/local/cuda*/lib64 \
+                   /usr/local/cuda*/targets/x86_64-linux/lib 2>/dev/null; } |
+               while read -r d; do [[ -d "$d" ]] && find "$d" -name "$name" 2>/dev/null; done |
+               head -1 || true)
+    fi
+    echo "$found"
+  }
+  export WARPLOAD_CUDA_LIB=''
+  WARPLOAD_CUFILE_LIB=$(find_lib libcufile.so.0)
+  WARPLOAD_NCCL_LIB=$(find_lib libnccl.so.2)
+  export WARPLOAD_CUFILE_LIB WARPLOAD_NCCL_LIB
+  {
+    echo "cufile: ${WARPLOAD_CUFILE_LIB:-not found}"
+    echo "nccl: ${WARPLOAD_NCCL_LIB:-not found}"
+    echo "kernel: $(uname -r); cpus: $(nproc); $(free -g | awk '/Mem:/ {print $2 " GiB RAM"}')"
+    echo "checkpoint fs: $(df -T "$PWD" | awk 'NR == 2 {print $2}')"
+    nvidia-smi topo -m 2>/dev/null | head -5 || true
+  } >"$OUT_DIR/machine.txt" 2>&1
+  cat "$OUT_DIR/machine.txt" >&2
   TEST_ENV=(env WARPLOAD_GPU_REAL=1)
   WHAT="real driver"
 fi
@@ -64,7 +123,7 @@ fi
 TESTS_OK=1
 for test in gpu_pipeline_test gds_test; do
   log "$test ($WHAT)"
-  if ! "${TEST_ENV[@]}" timeout 240 "$BUILD/tests/$test" >"$OUT_DIR/$test.log" 2>&1; then
+  if ! "${TEST_ENV[@]}" timeout 120 "$TEST_DIR/$test" >"$OUT_DIR/$test.log" 2>&1; then
     TESTS_OK=0
   fi
   tail -3 "$OUT_DIR/$test.log" >&2
@@ -73,11 +132,24 @@ done
 # broadcasts a tensor loaded to cuda:0 (skips without libnccl.so.2; no NCCL in dry runs).
 if [[ "$DRY" != 1 ]]; then
   log "distributed_test Nccl.* ($WHAT)"
-  if ! "${TEST_ENV[@]}" timeout 120 "$BUILD/tests/distributed_test" --gtest_filter='Nccl.*' \
+  if ! "${TEST_ENV[@]}" timeout 90 "$TEST_DIR/distributed_test" --gtest_filter='Nccl.*' \
     >"$OUT_DIR/distributed_test.log" 2>&1; then
     TESTS_OK=0
   fi
   tail -3 "$OUT_DIR/distributed_test.log" >&2
+  # Device loads from Python (torch allocator, DLPack kDLCUDA, an NCCL group of one).
+  if ls "$BUILD"/python/warpload/_warpload*.so >/dev/null 2>&1 &&
+     PYTHONPATH="$BUILD/python" python3 -c 'import warpload' 2>"$OUT_DIR/python-import.log"; then
+    log "tests/python/test_gpu.py ($WHAT)"
+    if ! PYTHONPATH="$BUILD/python" timeout 120 python3 -m pytest -q -p no:cacheprovider \
+      tests/python/test_gpu.py >"$OUT_DIR/python_gpu.log" 2>&1; then
+      TESTS_OK=0
+    fi
+    tail -3 "$OUT_DIR/python_gpu.log" >&2
+  else
+    log "tests/python/test_gpu.py: skipped (package not built for $(python3 -V 2>&1))"
+    cat "$OUT_DIR/python-import.log" >&2 2>/dev/null || true
+  fi
 fi
 
 log "checkpoint ($SIZE) in $CKPT"
@@ -125,8 +197,15 @@ log "warpload load --device cuda:0 --backend gds (best of 3)"
 read -r GDS_BEST GDS_RAN < <(best_of gds)
 GDS_MODE=$(head -1 "$OUT_DIR/load-gds-1.err" 2>/dev/null || true)
 
+if [[ "$DRY" != 1 ]]; then
+  log "staged pipeline shape sweep (tests/gpu/staging_sweep.sh)"
+  timeout 180 tests/gpu/staging_sweep.sh "$BUILD/warpload" "$CKPT" >"$OUT_DIR/staging-sweep.md" \
+    2>"$OUT_DIR/staging-sweep.log" || true
+  cat "$OUT_DIR/staging-sweep.md" >&2
+fi
+
 log "warpload bench --device cuda:0 (auto, posix, gds; 1 run)"
-timeout 300 "$BUILD/warpload" bench "$CKPT" --device cuda:0 --runs 1 --backends auto,posix,gds \
+timeout 200 "$BUILD/warpload" bench "$CKPT" --device cuda:0 --runs 1 --backends auto,posix,gds \
   --json >"$OUT_DIR/bench-device.json" 2>"$OUT_DIR/bench-device.log" || true
 
 if [[ "$DRY" == 1 ]] || ! python3 -c 'import torch, safetensors' 2>/dev/null; then
@@ -135,7 +214,7 @@ if [[ "$DRY" == 1 ]] || ! python3 -c 'import torch, safetensors' 2>/dev/null; th
     >"$OUT_DIR/torch.json"
 else
   log "safetensors + pinned copy (torch)"
-  timeout 300 python3 - "$CKPT" "$OUT_DIR/torch.json" <<'PY'
+  PYTHONPATH="$BUILD/python" timeout 300 python3 - "$CKPT" "$OUT_DIR/torch.json" <<'PY'
 import glob, json, os, sys, time
 import torch
 from safetensors.torch import load_file
@@ -159,6 +238,21 @@ for _ in range(3):
     del tensors
     torch.cuda.empty_cache()
 
+# The same files through warpload's Python package (torch's allocator, one call), if built.
+best_wp = None
+try:
+    import warpload
+    best_wp = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        d = warpload.load_file(files, device="cuda:0")
+        torch.cuda.synchronize()
+        best_wp = max(best_wp, total / (time.perf_counter() - start) / 1e9)
+        del d
+        torch.cuda.empty_cache()
+except ImportError:
+    pass
+
 nbytes = 2 << 30  # 2 GiB pinned -> device
 host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
 best_pin = 0.0
@@ -169,16 +263,28 @@ for _ in range(3):
     torch.cuda.synchronize()
     best_pin = max(best_pin, nbytes / (time.perf_counter() - start) / 1e9)
     del dev
+# What allocating the checkpoint's device memory costs (torch's caching allocator emptied).
+del host
+torch.cuda.empty_cache()
+torch.cuda.synchronize()
+start = time.perf_counter()
+block = torch.empty(total, dtype=torch.uint8, device="cuda:0")
+torch.cuda.synchronize()
+alloc_s = time.perf_counter() - start
+del block
 json.dump({"safetensors_gbps": best_st, "pinned_h2d_gbps": best_pin, "bytes": total,
-           "device": torch.cuda.get_device_name(0)}, open(out, "w"))
+           "device": torch.cuda.get_device_name(0), "alloc_seconds": alloc_s,
+           "warpload_python_gbps": best_wp},
+          open(out, "w"))
 PY
 fi
 
 python3 - "$AUTO_BEST" "$AUTO_RAN" "$GDS_BEST" "$GDS_RAN" "$OUT_DIR/torch.json" \
-  "$OUT_DIR/bench-device.json" "$CKPT" "$TESTS_OK" "$DRY" "$GDS_MODE" <<'PY' | tee "$OUT_DIR/summary.md"
+  "$OUT_DIR/bench-device.json" "$CKPT" "$TESTS_OK" "$DRY" "$GDS_MODE" "$OUT_DIR" <<'PY' | tee "$OUT_DIR/summary.md"
 import glob, json, os, sys
 
-auto, auto_ran, gds, gds_ran, torch_path, bench_path, ckpt, tests_ok, dry, gds_note = sys.argv[1:11]
+auto, auto_ran, gds, gds_ran, torch_path, bench_path, ckpt, tests_ok, dry, gds_note, out_dir = \
+    sys.argv[1:12]
 t = json.load(open(torch_path))
 try:
     bench = json.load(open(bench_path))
@@ -200,7 +306,8 @@ def ratio(a, b):
 rows = [(f"warpload auto ({auto_ran})", num(auto)), (f"warpload gds ({gds_ran})", num(gds))]
 for r in bench.get("rows", []):
     rows.append((f"bench warm {r['label']} ({r.get('warm_backend') or 'n/a'})", r.get("warm_gbps")))
-rows += [("safetensors load_file", st), ("pinned H2D (torch, 2 GiB)", pin),
+rows += [("warpload.load_file (Python, torch allocator)", t.get("warpload_python_gbps")),
+         ("safetensors load_file", st), ("pinned H2D (torch, 2 GiB)", pin),
          ("pinned H2D (warpload bench, 256 MiB)", h2d)]
 where = "DRY RUN on the fakes (numbers mean nothing)" if dry == "1" else (t["device"] or "GPU")
 print(f"\n{where}, {size / 2**30:.1f} GiB checkpoint, page cache warm; GPU tests "
@@ -212,4 +319,24 @@ print("|---|---:|---:|---:|---:|")
 for name, v in rows:
     print(f"| {name} | {cell(v)} | {cell(ratio(v, pin))} | {cell(ratio(v, h2d))} "
           f"| {cell(ratio(v, st))} |")
+
+# Memory of each timed warpload load (CLI JSON): host RSS growth during the load against the
+# staging ring (target <= ring + 5%), device memory used against the tensor bytes (<= +1%),
+# and the rate counting device allocation (wall) next to the pipeline's own.
+print("\n| warpload load | GB/s (pipeline / with allocation) | host RSS growth / ring "
+      "| device memory / tensor bytes |")
+print("|---|---:|---:|---:|")
+for path in sorted(glob.glob(os.path.join(out_dir, "load-*-*.json"))):
+    try:
+        j = json.load(open(path))
+    except (OSError, ValueError):
+        continue
+    if "host_rss_growth_bytes" not in j:
+        continue
+    wall = j["bytes"] / j["wall_seconds"] / 1e9 if j.get("wall_seconds") else None
+    grow = j["host_rss_growth_bytes"] / j["staging_bytes"] if j.get("staging_bytes") else None
+    dev = j["device_memory_used_bytes"] / j["bytes"] if j.get("bytes") else None
+    name = os.path.basename(path)[5:-5] + (" (fell back)" if j.get("gds_fallback") else "")
+    print(f"| {name} | {cell(j['gbps'])} / {cell(wall)} | {cell(grow, '{:.3f}')} "
+          f"({j['host_rss_growth_bytes'] / 2**20:.0f} MiB) | {cell(dev, '{:.4f}')} |")
 PY
