@@ -549,5 +549,23 @@ TEST(Nccl, SingleRankCollectiveMovesALoadedTensor) {
   }
 }
 
+// On a GPU machine: rank 0 of a world of 2 whose rank 1 never comes must not wait forever in
+// ncclCommInitRank; the call gives up at the timeout and says why.
+TEST(Nccl, MissingRankAtInitTimesOut) {
+  const char* real = std::getenv("WARPLOAD_GPU_REAL");
+  if (real == nullptr || std::string(real) != "1") {
+    GTEST_SKIP() << "needs a GPU and NCCL (tests/gpu/run.sh sets WARPLOAD_GPU_REAL=1)";
+  }
+  if (!nccl_available()) GTEST_SKIP() << "libnccl.so.2 not found (set WARPLOAD_NCCL_LIB)";
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    (void)make_nccl_collective(nccl_unique_id(), 0, 2, 0, 2000);
+    FAIL() << "joined a communicator whose other rank never came";
+  } catch (const CollectiveError& e) {
+    EXPECT_NE(std::string(e.what()).find("not every rank joined"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
 }  // namespace
 }  // namespace warpload

@@ -137,8 +137,10 @@ struct NcclUniqueId {
 // Made by one rank and sent to the others by the caller (any out-of-band channel). Throws
 // UnsupportedError naming the library when NCCL (or the CUDA driver) cannot be loaded.
 [[nodiscard]] NcclUniqueId nccl_unique_id();
-// Joins the communicator (blocks until all `world` ranks have joined). `timeout_ms` bounds
-// every later operation: past it the communicator is aborted and CollectiveError thrown.
+// Joins the communicator: blocks until all `world` ranks have joined, at most `timeout_ms`
+// (then CollectiveError ETIMEDOUT; NCCL's init cannot be interrupted, so one helper thread
+// stays blocked in it). `timeout_ms` also bounds every later operation: past it the
+// communicator is aborted and CollectiveError thrown.
 [[nodiscard]] std::shared_ptr<Collective> make_nccl_collective(const NcclUniqueId& id, int rank,
                                                                int world, int cuda_device,
                                                                int timeout_ms = 600000);

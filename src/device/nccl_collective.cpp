@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <thread>
 
 #include "device/cuda_shim.hpp"
@@ -221,11 +225,61 @@ std::shared_ptr<Collective> make_nccl_collective(const NcclUniqueId& id, int ran
   if (timeout_ms <= 0) throw std::invalid_argument("make_nccl_collective: timeout_ms must be > 0");
   const detail::NcclApi& api = detail::nccl_api();
   detail::check_cuda_device(cuda_device);
-  detail::CudaContextScope scope(cuda_device);
   ncclUniqueId raw{};
   std::memcpy(raw.internal, id.bytes, sizeof(raw.internal));
+
+  // ncclCommInitRank blocks until every rank has joined and cannot be interrupted, so it runs
+  // on a helper thread and this call waits at most `timeout_ms`. Past that, the helper is
+  // abandoned (it stays blocked in NCCL; should the missing ranks ever join, it aborts the
+  // communicator nobody will use) and CollectiveError names what did not happen.
+  struct Init {
+    std::mutex mutex;
+    std::condition_variable done_cv;
+    bool done = false;
+    bool abandoned = false;
+    ncclComm_t comm = nullptr;
+    ncclResult_t result = WARPLOAD_NCCL_SUCCESS;
+    std::string error;  // a CUDA failure before NCCL was called
+  };
+  auto init = std::make_shared<Init>();
+  std::thread([init, &api, raw, world, rank, cuda_device] {
+    ncclComm_t comm = nullptr;
+    ncclResult_t result = WARPLOAD_NCCL_SUCCESS;
+    std::string error;
+    try {
+      const detail::CudaContextScope scope(cuda_device);
+      result = api.comm_init_rank(&comm, world, raw, rank);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    const std::lock_guard lock(init->mutex);
+    if (init->abandoned) {
+      if (result == WARPLOAD_NCCL_SUCCESS && comm != nullptr) (void)api.comm_abort(comm);
+      return;
+    }
+    init->done = true;
+    init->comm = comm;
+    init->result = result;
+    init->error = std::move(error);
+    init->done_cv.notify_all();
+  }).detach();
   ncclComm_t comm = nullptr;
-  const ncclResult_t result = api.comm_init_rank(&comm, world, raw, rank);
+  ncclResult_t result = WARPLOAD_NCCL_SUCCESS;
+  {
+    std::unique_lock lock(init->mutex);
+    if (!init->done_cv.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                                [&] { return init->done; })) {
+      init->abandoned = true;
+      throw CollectiveError("ncclCommInitRank (rank " + std::to_string(rank) + " of " +
+                                std::to_string(world) + ", cuda:" + std::to_string(cuda_device) +
+                                "): not every rank joined within " + std::to_string(timeout_ms) +
+                                " ms (a rank missing, or given another unique id)",
+                            ETIMEDOUT);
+    }
+    if (!init->error.empty()) throw UnsupportedError(init->error);
+    comm = init->comm;
+    result = init->result;
+  }
   if (result != WARPLOAD_NCCL_SUCCESS) {
     throw CollectiveError("ncclCommInitRank (rank " + std::to_string(rank) + " of " +
                               std::to_string(world) + ", cuda:" + std::to_string(cuda_device) +
