@@ -3,6 +3,7 @@
 // come from the test's own random data and a single-process Loader.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -461,6 +462,57 @@ TEST(DistributedLoader, MissingPeerTimesOut) {
     }
   }
   EXPECT_GE(timed_out, 1);
+}
+
+// A sparse file of `bytes` of U8: reads cost syscalls, not disk.
+fs::path write_sparse_checkpoint(const TempDir& dir, std::uint64_t bytes) {
+  std::string header = "{\"t\":{\"dtype\":\"U8\",\"shape\":[" + std::to_string(bytes) +
+                       "],\"data_offsets\":[0," + std::to_string(bytes) + "]}}";
+  header.resize((header.size() + 7) / 8 * 8, ' ');
+  const fs::path path = dir / "sparse.safetensors";
+  {
+    std::ofstream out(path, std::ios::binary);
+    const std::uint64_t n = header.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+  }
+  fs::resize_file(path, 8 + header.size() + bytes);
+  return path;
+}
+
+// Ctrl-C on one rank (LoadOptions::cancel) stops its reads; the error agreement then fails
+// every rank, promptly and naming the cancelled rank.
+TEST(DistributedLoader, CancelOnOneRankFailsEveryRank) {
+  TempDir dir;
+  const fs::path file = write_sparse_checkpoint(dir, std::uint64_t{1} << 30);
+  std::atomic<bool> cancel{false};
+  std::vector<std::string> messages(2);
+  std::vector<bool> cancelled(2, false);
+  const auto start = std::chrono::steady_clock::now();
+  std::thread timer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cancel.store(true);
+  });
+  auto errors = run_ranks(2, std::chrono::seconds(30), [&](int r, auto collective) {
+    LoadOptions o = posix_options();
+    o.storage.threads = 1;
+    o.storage.block_size = 4096;  // 512 MiB of 4 KiB preads per rank: ~1.5 s, not 200 ms
+    if (r == 0) o.cancel = &cancel;
+    DistributedLoader loader(collective, o);
+    loader.add(file);
+    try {
+      (void)loader.load(Delivery::kAll);
+    } catch (const CancelledError& e) {
+      cancelled[static_cast<std::size_t>(r)] = true;
+      messages[static_cast<std::size_t>(r)] = e.what();
+    }
+  });
+  timer.join();
+  expect_no_errors(errors);
+  EXPECT_TRUE(cancelled[0]) << messages[0];
+  EXPECT_TRUE(cancelled[1]) << messages[1];
+  EXPECT_NE(messages[1].find("rank 0 of 2"), std::string::npos) << messages[1];
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }
 
 TEST(DistributedLoader, MisuseIsReported) {

@@ -181,6 +181,8 @@ struct DistributedStats {
 // allocator, else cuMemAlloc): each rank's reads reach its share of the device buffer through
 // the staged pipeline and the all-gather runs on the device, so every view is device memory.
 // Device loads support Delivery::kAll only (shard() is then a view: nothing moves).
+// LoadOptions::on_progress reports this rank's bytes read; LoadOptions::cancel stops this
+// rank's reads, and the error agreement then fails every rank (CancelledError naming it).
 // Lifetime as Loader: views keep their buffers alive. Not thread-safe.
 class DistributedLoader {
  public:

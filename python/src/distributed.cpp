@@ -6,17 +6,21 @@
 // exchange(sends, recvs) with [(peer, buf)], all_gather_status(text) -> [text]. Buffers are
 // writable memoryviews of warpload's host memory, valid for the duration of the call.
 //
-// GIL: load/tensor/shard/push release it; each collective call takes it back.
+// GIL: load/tensor/shard/push release it; each collective call takes it back. load() runs
+// through call_cancellable(): Ctrl-C stops this rank's reads, and the error agreement then
+// fails every rank (CancelledError naming this one; KeyboardInterrupt here).
 #include "distributed.hpp"
 
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
+#include <atomic>
 #include <cerrno>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "cancellable_call.hpp"
 #include "storage_options.hpp"
 #include "tensor_export.hpp"
 #include "warpload/distributed.hpp"
@@ -130,6 +134,27 @@ py::dict stats_dict(const DistributedLoader& loader) {
   throw std::runtime_error(message);
 }
 
+// The cancel flag load() hands to call_cancellable(); a base, so it exists before the loader
+// whose LoadOptions::cancel points at it.
+struct CancelFlag {
+  std::atomic<bool> cancel{false};
+};
+
+class PyDistributedLoader : private CancelFlag, public DistributedLoader {
+ public:
+  PyDistributedLoader(std::shared_ptr<Collective> collective, LoadOptions options,
+                      DistributedOptions distributed)
+      : DistributedLoader(std::move(collective), with_cancel(std::move(options), &cancel),
+                          distributed) {}
+  std::atomic<bool>& cancel_flag() noexcept { return cancel; }
+
+ private:
+  static LoadOptions with_cancel(LoadOptions options, const std::atomic<bool>* flag) {
+    options.cancel = flag;
+    return options;
+  }
+};
+
 }  // namespace
 
 void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
@@ -138,7 +163,7 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
         return Segment{file, first, last};
       }));
 
-  py::class_<DistributedLoader>(m, "_DistributedLoader", py::module_local())
+  py::class_<PyDistributedLoader>(m, "_DistributedLoader", py::module_local())
       .def(py::init([](const py::object& collective, const std::string& backend, bool direct,
                        unsigned threads, std::uint64_t block_size, unsigned queue_depth,
                        const std::string& config, bool use_config, const std::string& mount_point,
@@ -151,7 +176,7 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
              DistributedOptions d;
              d.shared_storage = shared_storage;
              if (round_bytes != 0) d.round_bytes = round_bytes;
-             return std::make_unique<DistributedLoader>(std::make_shared<PyCollective>(collective),
+             return std::make_unique<PyDistributedLoader>(std::make_shared<PyCollective>(collective),
                                                         std::move(o), d);
            }),
            py::arg("collective"), py::kw_only(), py::arg("backend") = "",
@@ -160,13 +185,13 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
            py::arg("mount_point") = "", py::arg("shared_storage") = false,
            py::arg("round_bytes") = 0ULL)
       .def("add",
-           [](DistributedLoader& l, const std::filesystem::path& path) {
+           [](PyDistributedLoader& l, const std::filesystem::path& path) {
              py::gil_scoped_release release;
              l.add(path);
            })
       .def(
           "fail",
-          [invalid_file_error](DistributedLoader& l, const py::object& exc) {
+          [invalid_file_error](PyDistributedLoader& l, const py::object& exc) {
             try {
               throw_as_cpp(exc, py::handle(invalid_file_error));
             } catch (const std::exception& e) {
@@ -177,44 +202,46 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
           py::arg("error"))
       .def(
           "load",
-          [](DistributedLoader& l, const std::optional<std::vector<Segment>>& segments,
+          [](PyDistributedLoader& l, const std::optional<std::vector<Segment>>& segments,
              bool on_request) {
             const Delivery delivery = on_request ? Delivery::kOnRequest : Delivery::kAll;
-            {
-              py::gil_scoped_release release;
-              if (segments) {
-                (void)l.load(*segments, delivery);
-              } else {
-                (void)l.load(delivery);
-              }
-            }
+            l.cancel_flag().store(false);
+            call_cancellable(
+                [&] {
+                  if (segments) {
+                    (void)l.load(*segments, delivery);
+                  } else {
+                    (void)l.load(delivery);
+                  }
+                },
+                l.cancel_flag(), {}, [&] { l.release(); });
             return stats_dict(l);
           },
           py::arg("segments") = py::none(), py::arg("on_request") = false)
       .def("tensor",
-           [](DistributedLoader& l, const std::string& name) {
+           [](PyDistributedLoader& l, const std::string& name) {
              py::gil_scoped_release release;
              return ExportedTensor(l.tensor(name), 0);
            })
       .def("shard",
-           [](DistributedLoader& l, const std::string& name, int dim) {
+           [](PyDistributedLoader& l, const std::string& name, int dim) {
              py::gil_scoped_release release;
              return ExportedTensor(l.shard(name, dim), 0);
            })
       .def("push",
-           [](DistributedLoader& l, const std::string& name,
+           [](PyDistributedLoader& l, const std::string& name,
               int dst) -> std::optional<ExportedTensor> {
              py::gil_scoped_release release;
              auto v = l.push(name, dst);
              if (!v) return std::nullopt;
              return ExportedTensor(std::move(*v), 0);
            })
-      .def("keys", &DistributedLoader::keys)
-      .def_property_readonly("stats", &stats_dict)
-      .def_property_readonly("loaded", &DistributedLoader::loaded)
-      .def_property_readonly("rank", &DistributedLoader::rank)
-      .def_property_readonly("world", &DistributedLoader::world)
-      .def("release", &DistributedLoader::release);
+      .def("keys", [](const PyDistributedLoader& l) { return l.keys(); })
+      .def_property_readonly("stats", [](const PyDistributedLoader& l) { return stats_dict(l); })
+      .def_property_readonly("loaded", [](const PyDistributedLoader& l) { return l.loaded(); })
+      .def_property_readonly("rank", [](const PyDistributedLoader& l) { return l.rank(); })
+      .def_property_readonly("world", [](const PyDistributedLoader& l) { return l.world(); })
+      .def("release", [](PyDistributedLoader& l) { l.release(); });
 }
 
 }  // namespace warpload::python

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "common/printable.hpp"
+#include "core/progress_monitor.hpp"
 #include "core/rank_plan.hpp"
 #include "core/staged_pipeline.hpp"
 #include "core/tensor_view.hpp"
@@ -347,11 +348,17 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
                            ": load cancelled");
     }
     const auto start = std::chrono::steady_clock::now();
-    if (!requests.empty()) storage->read(requests, &control);
-    if (!staged.empty()) {
-      detail::run_staged_load(
-          *storage, staged, device,
-          detail::plan_staging_from_env(s.options.staging_bytes, largest_read), &control);
+    {
+      // Progress (this rank's bytes) and LoadOptions::cancel, as in Loader: a cancelled rank
+      // fails its reads, and the error agreement below then fails every rank.
+      const detail::ProgressMonitor monitor(s.options.on_progress, control, plan.rank_bytes(me),
+                                            s.options.cancel);
+      if (!requests.empty()) storage->read(requests, &control);
+      if (!staged.empty()) {
+        detail::run_staged_load(
+            *storage, staged, device,
+            detail::plan_staging_from_env(s.options.staging_bytes, largest_read), &control);
+      }
     }
     read_stats.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

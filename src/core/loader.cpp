@@ -13,6 +13,7 @@
 #include "common/printable.hpp"
 #include "core/device_storage.hpp"
 #include "core/file_set.hpp"
+#include "core/progress_monitor.hpp"
 #include "core/staged_pipeline.hpp"
 #include "core/tensor_view.hpp"
 #include "core/verify.hpp"
@@ -55,47 +56,6 @@ std::uint64_t align_up(std::uint64_t v, std::uint64_t a) {
   return down == v ? v : down + a;
 }
 
-// Runs `on_progress` about ten times a second while a read is in progress, and forwards the
-// caller's cancel flag (LoadOptions::cancel) to the read's ReadControl.
-class ProgressMonitor {
- public:
-  ProgressMonitor(const std::function<void(std::uint64_t, std::uint64_t)>& callback,
-                  ReadControl& control, std::uint64_t total, const std::atomic<bool>* cancel)
-      : callback_(callback), control_(control), total_(total), cancel_(cancel) {
-    if (callback_ || cancel_ != nullptr) thread_ = std::thread([this] { run(); });
-  }
-  ~ProgressMonitor() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_one();
-    thread_.join();
-  }
-  ProgressMonitor(const ProgressMonitor&) = delete;
-  ProgressMonitor& operator=(const ProgressMonitor&) = delete;
-
- private:
-  void run() {
-    std::unique_lock lock(mutex_);
-    while (!wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; })) {
-      if (cancel_ != nullptr && cancel_->load()) control_.cancel.store(true);
-      if (callback_) {
-        callback_(std::min(control_.bytes_done.load(std::memory_order_relaxed), total_), total_);
-      }
-    }
-  }
-
-  const std::function<void(std::uint64_t, std::uint64_t)>& callback_;
-  ReadControl& control_;
-  std::uint64_t total_;
-  const std::atomic<bool>* cancel_;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stop_ = false;
-  std::thread thread_;
-};
 
 }  // namespace
 
@@ -300,7 +260,7 @@ LoadStats Loader::load() {
   }
   const auto start = std::chrono::steady_clock::now();
   {
-    ProgressMonitor monitor(s.options.on_progress, control, s.total_bytes, s.options.cancel);
+    detail::ProgressMonitor monitor(s.options.on_progress, control, s.total_bytes, s.options.cancel);
     if (staged) {
       detail::run_staged_load(*storage, staged_files, device,
                               detail::plan_staging_from_env(s.options.staging_bytes, largest_read),

@@ -113,3 +113,59 @@ def test_sigint_cancels_a_load_in_progress(slow_file, tmp_path):
         assert elapsed < 3, f"took {elapsed:.2f} s to stop"
         return
     pytest.skip("loads finished before SIGINT arrived three times")
+
+
+RANK_CHILD = textwrap.dedent("""
+    import datetime, sys, time
+    import torch.distributed as dist
+    import warpload
+    rank, store, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
+    dist.barrier()
+    print("READY", flush=True)
+    try:
+        warpload.load_file(path, framework="numpy", process_group=dist.group.WORLD,
+                           backend="posix", threads=1, block_size=4096)
+        print("FINISHED", flush=True)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+    except warpload.CancelledError as e:
+        print("PEER-CANCELLED", " ".join(str(e).split()), flush=True)
+""")
+
+
+def test_sigint_on_one_rank_fails_every_rank(tmp_path):
+    """Two gloo ranks load 1 GiB (each reads half, slowly); Ctrl-C on rank 0 stops its reads,
+    and the error agreement fails rank 1 too, naming rank 0."""
+    pytest.importorskip("torch.distributed")
+    path = str(tmp_path / "big.safetensors")
+    ref.write_sparse(path, [(f"t{i}", "F32", [32 * MiB]) for i in range(8)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+               OMP_NUM_THREADS="1")
+    for attempt in range(3):
+        store = str(tmp_path / f"store-{attempt}")
+        ranks = [subprocess.Popen([sys.executable, "-c", RANK_CHILD, str(r), store, path],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for r in range(2)]
+        try:
+            for child in ranks:
+                assert child.stdout.readline().strip() == "READY"
+            time.sleep(0.3)
+            sent = time.monotonic()
+            ranks[0].send_signal(signal.SIGINT)
+            outs = [child.communicate(timeout=60)[0] for child in ranks]
+            elapsed = time.monotonic() - sent
+        finally:
+            for child in ranks:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        if "FINISHED" in outs[0]:
+            continue  # the load beat the signal; try again
+        assert outs[0].startswith("INTERRUPTED"), outs[0]
+        assert outs[1].startswith("PEER-CANCELLED"), outs[1]
+        assert "rank 0 of 2" in outs[1] and "cancelled" in outs[1], outs[1]
+        assert elapsed < 15, f"took {elapsed:.2f} s to stop"
+        return
+    pytest.skip("loads finished before SIGINT arrived three times")
