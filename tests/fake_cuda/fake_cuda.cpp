@@ -549,7 +549,12 @@ FAKE_CUDA_EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src,
   return kSuccess;
 }
 
-FAKE_CUDA_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+namespace {
+
+// A synchronous copy (cuMemcpyDtoH, cuMemcpyDtoD): like the driver's, it first waits for the
+// work queued in the current context; `valid` (under the state lock) vets the addresses.
+template <class Valid>
+CUresult synchronous_copy(void* dst, const void* src, std::size_t bytes, Valid&& valid) {
   State& s = state();
   Context* context = nullptr;
   {
@@ -560,26 +565,25 @@ FAKE_CUDA_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t byt
   const std::lock_guard<std::mutex> lock(s.mutex);
   if (context->sticky != kSuccess) return context->sticky;
   if (bytes == 0) return kSuccess;
-  if (dst == nullptr || !in_device_memory(s, src, bytes)) return kInvalidValue;
-  std::memcpy(dst, reinterpret_cast<const void*>(static_cast<std::uintptr_t>(src)), bytes);
+  if (!valid(s)) return kInvalidValue;
+  std::memcpy(dst, src, bytes);
   return kSuccess;
 }
 
+void* as_pointer(CUdeviceptr p) { return reinterpret_cast<void*>(static_cast<std::uintptr_t>(p)); }
+
+}  // namespace
+
+FAKE_CUDA_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+  return synchronous_copy(dst, as_pointer(src), bytes, [&](State& s) {
+    return dst != nullptr && in_device_memory(s, src, bytes);
+  });
+}
+
 FAKE_CUDA_EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
-  State& s = state();
-  Context* context = nullptr;
-  {
-    const std::lock_guard<std::mutex> lock(s.mutex);
-    if (const CUresult r = require_context(s, &context); r != kSuccess) return r;
-  }
-  drain_context(context);
-  const std::lock_guard<std::mutex> lock(s.mutex);
-  if (context->sticky != kSuccess) return context->sticky;
-  if (bytes == 0) return kSuccess;
-  if (!in_device_memory(s, src, bytes) || !in_device_memory(s, dst, bytes)) return kInvalidValue;
-  std::memcpy(reinterpret_cast<void*>(static_cast<std::uintptr_t>(dst)),
-              reinterpret_cast<const void*>(static_cast<std::uintptr_t>(src)), bytes);
-  return kSuccess;
+  return synchronous_copy(as_pointer(dst), as_pointer(src), bytes, [&](State& s) {
+    return in_device_memory(s, src, bytes) && in_device_memory(s, dst, bytes);
+  });
 }
 
 FAKE_CUDA_EXPORT CUresult cuStreamCreate(CUstream* stream, unsigned int flags) {
