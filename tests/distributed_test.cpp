@@ -64,25 +64,7 @@ Checkpoint write_checkpoint(const TempDir& dir, std::size_t header_alignment = 8
   return c;
 }
 
-// Runs fn(rank, collective) on `world` threads; returns each rank's exception (or null).
-std::vector<std::exception_ptr> run_ranks(
-    int world, std::chrono::milliseconds timeout,
-    const std::function<void(int, std::shared_ptr<Collective>)>& fn) {
-  auto group = std::make_shared<testing::ThreadGroup>(world, timeout);
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        fn(r, group->member(r));
-      } catch (...) {
-        errors[static_cast<std::size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return errors;
-}
+using testing::run_ranks;
 
 void expect_no_errors(const std::vector<std::exception_ptr>& errors) {
   for (std::size_t r = 0; r < errors.size(); ++r) {

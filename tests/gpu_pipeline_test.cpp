@@ -459,26 +459,18 @@ TEST_F(GpuPipelineTest, HostMemoryStaysBoundedByTheRing) {
 
 // ---- multi-rank loads into device memory (a device collective, as NCCL's) ------------------
 
-// Runs fn(rank, collective) on `world` threads over a ThreadGroup whose buffers are "device"
-// memory (the fake driver's); returns the first failure's message, or "".
+// Runs fn(rank, collective) on `world` threads whose collective claims device buffers (the
+// fake driver's); returns the first failure's message, or "".
 std::string run_device_ranks(int world,
                              const std::function<void(int, std::shared_ptr<Collective>)>& fn) {
-  auto group = std::make_shared<testing::ThreadGroup>(world, std::chrono::seconds(20),
-                                                      MemoryKind::kDevice);
-  std::vector<std::string> errors(static_cast<std::size_t>(world));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        fn(r, group->member(r));
-      } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(r)] = "rank " + std::to_string(r) + ": " + e.what();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (const std::string& e : errors) {
-    if (!e.empty()) return e;
+  const auto errors = testing::run_ranks(world, std::chrono::seconds(20), fn, MemoryKind::kDevice);
+  for (std::size_t r = 0; r < errors.size(); ++r) {
+    if (!errors[r]) continue;
+    try {
+      std::rethrow_exception(errors[r]);
+    } catch (const std::exception& e) {
+      return "rank " + std::to_string(r) + ": " + e.what();
+    }
   }
   return {};
 }

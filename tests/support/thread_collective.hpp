@@ -12,12 +12,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <span>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -185,6 +187,28 @@ class ThreadCollective final : public Collective {
 
 inline std::shared_ptr<Collective> ThreadGroup::member(int rank) {
   return std::make_shared<ThreadCollective>(shared_from_this(), rank);
+}
+
+// Runs fn(rank, collective) on `world` threads of one ThreadGroup; returns each rank's
+// exception (or null).
+inline std::vector<std::exception_ptr> run_ranks(
+    int world, std::chrono::milliseconds timeout,
+    const std::function<void(int, std::shared_ptr<Collective>)>& fn,
+    MemoryKind memory = MemoryKind::kHost) {
+  auto group = std::make_shared<ThreadGroup>(world, timeout, memory);
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(r, group->member(r));
+      } catch (...) {
+        errors[static_cast<std::size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
 }
 
 }  // namespace warpload::testing
