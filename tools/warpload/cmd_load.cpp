@@ -1,6 +1,6 @@
 // warpload load PATH... [--backend NAME] [--direct] [--threads N] [--block-size B]
-//                       [--queue-depth Q] [--config FILE] [--device DEV] [--hash] [--json]
-//                       [--verify] [--manifest FILE]
+//                       [--queue-depth Q] [--config FILE] [--device DEV] [--staging SIZE]
+//                       [--hash] [--json] [--verify] [--manifest FILE]
 
 #include <fmt/core.h>
 #include <sys/resource.h>
