@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -247,6 +248,11 @@ class PyLoader {
         throw std::invalid_argument("tensor range out of the plan");
       }
     }
+    // A cancel() that came before this call stops it here (nothing allocated yet).
+    if (cancel_.exchange(false)) {
+      throw CancelledError(files.empty() ? std::string("read cancelled")
+                                         : files.front().path.string() + ": read cancelled");
+    }
     if (!range_storage_) {
       std::optional<TunedSettings> tuned;
       if (options_.use_config) {
@@ -301,9 +307,22 @@ class PyLoader {
         }
       }
     }
-    cancel_.store(false);
     done_.store(0);
     total_.store(total);
+    // cancel() from another thread reaches this read through active_control_; one that came
+    // while the buffers were being allocated is taken here.
+    {
+      const std::lock_guard lock(control_mutex_);
+      active_control_ = &control;
+      if (cancel_.exchange(false)) control.cancel.store(true);
+    }
+    struct Detach {
+      PyLoader& self;
+      ~Detach() {
+        const std::lock_guard lock(self.control_mutex_);
+        self.active_control_ = nullptr;
+      }
+    } detach{*this};
     std::atomic<bool>& cancel = control.cancel;
     call_cancellable(
         [&] { range_storage_->read(requests, &control); }, cancel,
@@ -397,6 +416,17 @@ class PyLoader {
     PyLoader& self_;
   };
 
+public:
+  // From any thread, without the handle's busy check: stops the read_ranges() in progress, or
+  // the next one when none is (it raises CancelledError), and a load() in progress.
+  // iterate_weights' prefetch uses it to stop the read of a chunk nobody will take.
+  void cancel() {
+    const std::lock_guard lock(control_mutex_);
+    cancel_.store(true);
+    if (active_control_ != nullptr) active_control_->cancel.store(true);
+  }
+
+ private:
   std::function<void()> tick(const py::object& progress) {
     if (progress.is_none()) return {};
     return [this, progress] { progress(done_.load(), total_.load()); };
@@ -405,6 +435,8 @@ class PyLoader {
   PyLoadOptions options_;
   int device_index_ = 0;
   std::atomic<bool> cancel_{false};
+  std::mutex control_mutex_;               // guards active_control_
+  ReadControl* active_control_ = nullptr;  // read_ranges()'s, while it reads
   std::atomic<std::uint64_t> done_{0};
   std::atomic<std::uint64_t> total_{0};
   bool busy_ = false;
@@ -546,7 +578,8 @@ PYBIND11_MODULE(_warpload, m) {
                              [](const PyLoader& l) { return l.loader().total_bytes(); })
       .def_property_readonly("loaded", [](const PyLoader& l) { return l.loader().loaded(); })
       .def_property_readonly("device", &PyLoader::device)
-      .def("release", [](PyLoader& l) { l.loader().release(); });
+      .def("release", [](PyLoader& l) { l.loader().release(); })
+      .def("cancel", &PyLoader::cancel, py::call_guard<py::gil_scoped_release>());
 
   bind_distributed(m, g_invalid_file_error);
 

@@ -44,7 +44,8 @@ class DLPackTensor:
     def __dlpack_device__(self) -> Tuple[int, int]: ...
 
 def load_file(filename: _Paths, device: _Device = "cpu", *, framework: str = "pt",
-              progress: _Progress = None, backend: Optional[str] = None, direct: bool = False,
+              progress: _Progress = None, process_group: Any = None,
+              backend: Optional[str] = None, direct: bool = False,
               threads: int = 0, block_size: int = 0, queue_depth: int = 0,
               config: Optional[_PathLike] = None, use_config: bool = True,
               staging_bytes: int = 0, mount_point: Optional[str] = None) -> Dict[str, Any]: ...
@@ -76,6 +77,7 @@ class safe_open:
 
 def iterate_weights(paths: _Paths, device: _Device = "cpu", memory_limit: Optional[int] = None,
                     *, framework: str = "pt", progress: _Progress = None,
+                    process_group: Any = None, prefetch: bool = True,
                     backend: Optional[str] = None, direct: bool = False, threads: int = 0,
                     block_size: int = 0, queue_depth: int = 0,
                     config: Optional[_PathLike] = None, use_config: bool = True,

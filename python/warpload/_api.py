@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _tensors, _warpload
@@ -281,14 +283,18 @@ def _slice_raw(raw: Any, index: Any, shape: Tuple[int, ...], bits: int, name: st
 def iterate_weights(paths: Union[PathLike, Sequence[PathLike]], device: Any = "cpu",
                     memory_limit: Optional[int] = None, *, framework: str = "pt",
                     progress: ProgressArg = None, process_group: Any = None,
-                    **options: Any) -> Iterator[Tuple[str, Any]]:
+                    prefetch: bool = True, **options: Any) -> Iterator[Tuple[str, Any]]:
     """Yields (name, tensor) in file order, reading a bounded window at a time.
 
-    Tensors are read in chunks of consecutive tensors of at most memory_limit / 2 bytes (a
-    larger tensor is a chunk of its own); the generator holds one chunk, and the tensor the
-    caller still holds from the previous step can pin one more, so warpload's loaded data
-    stays within memory_limit, plus at most one tensor larger than it. Tensors the caller
-    keeps pin their chunk (zero-copy). memory_limit None reads one file at a time.
+    Tensors are read in chunks of consecutive tensors (a tensor larger than a chunk is a chunk
+    of its own). With prefetch (the default) the next chunk is read on a background thread
+    while the caller works through the current one; chunks are then at most memory_limit / 3
+    bytes: the chunk being handed out, the one being read, and the one the caller's last
+    tensor may still pin. Without prefetch chunks are memory_limit / 2 and reads wait for the
+    caller. Either way warpload's loaded data stays within memory_limit, plus at most one
+    tensor larger than a chunk. Tensors the caller keeps pin their chunk (zero-copy).
+    memory_limit None reads one file at a time. A progress callback runs on the thread that
+    reads the chunk.
 
     For device="cuda:N" chunks are read into host memory and each tensor is copied to the
     device by the framework (torch); memory_limit then bounds host memory.
@@ -307,15 +313,17 @@ def iterate_weights(paths: Union[PathLike, Sequence[PathLike]], device: Any = "c
             return _distributed.iterate(_as_paths(paths), process_group, kind, target,
                                         memory_limit, options)
     loader = make_loader(_as_paths(paths), "cpu", "numpy", options)
-    chunks = _plan_chunks(loader.plan(), memory_limit)
+    chunks = _plan_chunks(loader.plan(), memory_limit, 3 if prefetch else 2)
     total = sum(size for _ranges, size in chunks)
     bar = Progress(progress, total, "warpload")
-    return _iterate(loader, chunks, kind, target, bar, total)
+    return _iterate(loader, chunks, kind, target, bar, total, prefetch)
 
 
-def _plan_chunks(plan: List[Any], memory_limit: Optional[int]) -> List[Tuple[List[Any], int]]:
-    """[(ranges, bytes)]: each range is (file index, first tensor, one past last tensor)."""
-    budget = None if memory_limit is None else max(memory_limit // 2, 1)
+def _plan_chunks(plan: List[Any], memory_limit: Optional[int],
+                 parts: int = 2) -> List[Tuple[List[Any], int]]:
+    """[(ranges, bytes)] of at most memory_limit / parts bytes each (a larger tensor alone):
+    each range is (file index, first tensor, one past last tensor)."""
+    budget = None if memory_limit is None else max(memory_limit // parts, 1)
     chunks: List[Tuple[List[Any], int]] = []
     ranges: List[Any] = []
     size = 0
@@ -340,20 +348,36 @@ def _plan_chunks(plan: List[Any], memory_limit: Optional[int]) -> List[Tuple[Lis
 
 
 def _iterate(loader: "_warpload._Loader", chunks: List[Tuple[List[Any], int]], kind: str,
-             target: str, bar: Progress, total: int) -> Iterator[Tuple[str, Any]]:
-    done = 0
+             target: str, bar: Progress, total: int,
+             prefetch: bool = False) -> Iterator[Tuple[str, Any]]:
+    starts = [0]
+    for _ranges, size in chunks:
+        starts.append(starts[-1] + size)
+    stopping = threading.Event()
+
+    def read(index: int) -> List[Any]:
+        if stopping.is_set():
+            return []
+        ranges, _size = chunks[index]
+
+        def tick(chunk_done: int, _chunk_total: int) -> None:
+            bar(starts[index] + chunk_done, total)
+
+        specs = [_warpload._TensorRange(f, a, b) for f, a, b in ranges]
+        views = loader.read_ranges(specs, progress=tick if bar.active else None)
+        if bar.active:
+            bar(starts[index + 1], total)
+        return views
+
+    pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warpload-prefetch")
+            if prefetch and len(chunks) > 1 else None)
+    ahead: Optional["concurrent.futures.Future[List[Any]]"] = None
     try:
-        for ranges, size in chunks:
-            base = done
-
-            def tick(chunk_done: int, _chunk_total: int, base: int = base) -> None:
-                bar(base + chunk_done, total)
-
-            specs = [_warpload._TensorRange(f, a, b) for f, a, b in ranges]
-            views = loader.read_ranges(specs, progress=tick if bar.active else None)
-            done += size
-            if bar.active:
-                bar(done, total)
+        for index in range(len(chunks)):
+            views = ahead.result() if ahead is not None else read(index)
+            ahead = None
+            if pool is not None and index + 1 < len(chunks):
+                ahead = pool.submit(read, index + 1)
             for per_range in views:
                 per_range.reverse()  # pop() from the end hands tensors out in file order
                 while per_range:
@@ -367,5 +391,17 @@ def _iterate(loader: "_warpload._Loader", chunks: List[Tuple[List[Any], int]], k
                     del tensor  # the caller's reference is the only one left
             del views
     finally:
+        # The caller stopped early (break, an exception, Ctrl-C): stop the chunk being read
+        # ahead and wait for its thread before the loader is released.
+        stopping.set()
+        if ahead is not None:
+            loader.cancel()
+            try:
+                ahead.result()
+            except BaseException:  # its CancelledError, or whatever stopped it: ours wins
+                pass
+            ahead = None
+        if pool is not None:
+            pool.shutdown(wait=True)
         bar.close()
         loader.release()

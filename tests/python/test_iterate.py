@@ -1,6 +1,7 @@
 """iterate_weights: file order, bytes, and the memory bound (measured)."""
 
 import gc
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +78,51 @@ def test_one_tensor_larger_than_the_limit(tmp_path):
 def test_errors_surface_while_iterating(tmp_path):
     with pytest.raises(FileNotFoundError):
         list(warpload.iterate_weights(str(tmp_path / "missing.safetensors")))
+
+
+SLOW = dict(backend="posix", threads=1, block_size=4096)  # ~0.5 GB/s: reads take time
+
+
+def test_prefetch_reads_the_next_chunk_while_the_caller_works(tmp_path):
+    path = str(tmp_path / "four.safetensors")
+    ref.write_sparse(path, [(f"t{i}", "U8", [256 * MiB]) for i in range(4)])
+
+    def run(prefetch, work):
+        start = time.monotonic()
+        names = []
+        # One tensor per chunk either way: 3 (prefetch) or 2 chunks of 256 MiB in the limit.
+        limit = (3 if prefetch else 2) * 256 * MiB
+        for name, t in warpload.iterate_weights(path, memory_limit=limit, framework="numpy",
+                                                prefetch=prefetch, **SLOW):
+            assert t.nbytes == 256 * MiB and t[-1] == 0
+            names.append(name)
+            time.sleep(work)  # the caller's work on the tensor
+        assert names == [f"t{i}" for i in range(4)]
+        return time.monotonic() - start
+
+    read = min(run(False, 0.0) for _ in range(2)) / 4  # one chunk's read, nothing to overlap
+    work = max(read, 0.05)  # the caller works as long as a read takes
+    plain = run(False, work)
+    ahead = run(True, work)
+    print(f"\n4 x 256 MiB, read {read:.3f} s and work {work:.3f} s per tensor: "
+          f"{plain:.2f} s plain, {ahead:.2f} s prefetch")
+    # Plain: 4 x (read + work); prefetch: read + 4 x work (the reads hide behind the work).
+    assert ahead < plain - read, (read, plain, ahead)
+
+
+def test_breaking_off_stops_the_read_ahead(tmp_path):
+    path = str(tmp_path / "big.safetensors")
+    ref.write_sparse(path, [(f"t{i}", "U8", [512 * MiB]) for i in range(3)])
+    base = warpload.live_host_bytes()
+    it = warpload.iterate_weights(path, memory_limit=1536 * MiB, framework="numpy", **SLOW)
+    start = time.monotonic()
+    name, t = next(it)  # t0 read; t1, as large, is now being read ahead
+    first = time.monotonic() - start
+    assert name == "t0"
+    del t
+    start = time.monotonic()
+    it.close()  # stops t1's read instead of waiting for it
+    closing = time.monotonic() - start
+    assert closing < 0.5 * first, (first, closing)
+    gc.collect()
+    assert warpload.live_host_bytes() == base
