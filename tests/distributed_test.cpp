@@ -469,7 +469,7 @@ TEST(DistributedLoader, CancelOnOneRankFailsEveryRank) {
   const fs::path file = write_sparse_checkpoint(dir, std::uint64_t{1} << 30);
   std::atomic<bool> cancel{false};
   std::vector<std::string> messages(2);
-  std::vector<bool> cancelled(2, false);
+  std::vector<int> cancelled(2, 0);  // not vector<bool>: its bits share a word across ranks
   const auto start = std::chrono::steady_clock::now();
   std::thread timer([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -485,7 +485,7 @@ TEST(DistributedLoader, CancelOnOneRankFailsEveryRank) {
     try {
       (void)loader.load(Delivery::kAll);
     } catch (const CancelledError& e) {
-      cancelled[static_cast<std::size_t>(r)] = true;
+      cancelled[static_cast<std::size_t>(r)] = 1;
       messages[static_cast<std::size_t>(r)] = e.what();
     }
   });
