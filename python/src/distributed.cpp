@@ -16,6 +16,8 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -134,23 +136,39 @@ py::dict stats_dict(const DistributedLoader& loader) {
   throw std::runtime_error(message);
 }
 
-// The cancel flag load() hands to call_cancellable(); a base, so it exists before the loader
-// whose LoadOptions::cancel points at it.
-struct CancelFlag {
+// What load() shares with the engine while it runs: the cancel flag call_cancellable() sets
+// on Ctrl-C, and this rank's progress. A base, so it exists before the loader whose
+// LoadOptions point at it.
+struct LoadFlags {
   std::atomic<bool> cancel{false};
+  std::atomic<std::uint64_t> done{0};
+  std::atomic<std::uint64_t> total{0};
 };
 
-class PyDistributedLoader : private CancelFlag, public DistributedLoader {
+class PyDistributedLoader : private LoadFlags, public DistributedLoader {
  public:
   PyDistributedLoader(std::shared_ptr<Collective> collective, LoadOptions options,
                       DistributedOptions distributed)
-      : DistributedLoader(std::move(collective), with_cancel(std::move(options), &cancel),
+      : DistributedLoader(std::move(collective), with_flags(std::move(options), this),
                           distributed) {}
   std::atomic<bool>& cancel_flag() noexcept { return cancel; }
+  // progress(done, total) of this rank's reads, for call_cancellable()'s tick; empty for None.
+  std::function<void()> tick(const py::object& progress) {
+    if (progress.is_none()) return {};
+    return [this, progress] { progress(done.load(), total.load()); };
+  }
+  void reset_progress() noexcept {
+    done.store(0);
+    total.store(0);
+  }
 
  private:
-  static LoadOptions with_cancel(LoadOptions options, const std::atomic<bool>* flag) {
-    options.cancel = flag;
+  static LoadOptions with_flags(LoadOptions options, LoadFlags* flags) {
+    options.cancel = &flags->cancel;
+    options.on_progress = [flags](std::uint64_t done_bytes, std::uint64_t total_bytes) {
+      flags->done.store(done_bytes);
+      flags->total.store(total_bytes);
+    };
     return options;
   }
 };
@@ -203,9 +221,10 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
       .def(
           "load",
           [](PyDistributedLoader& l, const std::optional<std::vector<Segment>>& segments,
-             bool on_request) {
+             bool on_request, const py::object& progress) {
             const Delivery delivery = on_request ? Delivery::kOnRequest : Delivery::kAll;
             l.cancel_flag().store(false);
+            l.reset_progress();
             call_cancellable(
                 [&] {
                   if (segments) {
@@ -214,10 +233,11 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
                     (void)l.load(delivery);
                   }
                 },
-                l.cancel_flag(), {}, [&] { l.release(); });
+                l.cancel_flag(), l.tick(progress), [&] { l.release(); });
             return stats_dict(l);
           },
-          py::arg("segments") = py::none(), py::arg("on_request") = false)
+          py::arg("segments") = py::none(), py::arg("on_request") = false,
+          py::arg("progress") = py::none())
       .def("tensor",
            [](PyDistributedLoader& l, const std::string& name) {
              py::gil_scoped_release release;
@@ -240,6 +260,8 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
       .def_property_readonly("stats", [](const PyDistributedLoader& l) { return stats_dict(l); })
       .def_property_readonly("loaded", [](const PyDistributedLoader& l) { return l.loaded(); })
       .def_property_readonly("rank", [](const PyDistributedLoader& l) { return l.rank(); })
+      .def_property_readonly("total_bytes",
+                             [](const PyDistributedLoader& l) { return l.total_bytes(); })
       .def_property_readonly("world", [](const PyDistributedLoader& l) { return l.world(); })
       .def("release", [](PyDistributedLoader& l) { l.release(); });
 }

@@ -111,7 +111,7 @@ def load_file(filename: Union[PathLike, Sequence[PathLike]], device: Any = "cpu"
 
         if _distributed.group_size(process_group) > 1:
             return _distributed.load_all(_as_paths(filename), process_group, kind,
-                                         device_name(device), options)
+                                         device_name(device), options, progress)
     loader = make_loader(_as_paths(filename), device_name(device), kind, options)
     run_load(loader, progress, "warpload")
     out = {name: _tensors.convert(loader.tensor(name), kind) for name in loader.keys()}

@@ -172,13 +172,19 @@ def group_size(pg: Any) -> int:
 
 
 def load_all(paths: Sequence[Any], pg: Any, kind: str, target: str,
-             options: Dict[str, Any]) -> Dict[str, Any]:
+             options: Dict[str, Any], progress: Any = None) -> Dict[str, Any]:
     """load_file(..., process_group=pg): every rank reads 1/world of the bytes, then an
-    all-gather gives every rank every tensor."""
-    from . import _tensors
+    all-gather gives every rank every tensor. progress follows this rank's reads."""
+    from . import _progress, _tensors
 
     loader = make_loader(paths, pg, options)
-    loader.load(on_request=False)
+    world = group_size(pg)
+    bar = _progress.Progress(progress, (loader.total_bytes + world - 1) // world,
+                             f"warpload rank {loader.rank}")
+    try:
+        loader.load(on_request=False, progress=bar if bar.active else None)
+    finally:
+        bar.close()
     out: Dict[str, Any] = {}
     for name in loader.keys():
         tensor = _tensors.convert(loader.tensor(name), kind)

@@ -124,9 +124,14 @@ RANK_CHILD = textwrap.dedent("""
                             timeout=datetime.timedelta(seconds=20))
     dist.barrier()
     print("READY", flush=True)
+    def progress(done, total):
+        if done > 0 and rank == 0 and not progress.told:
+            progress.told = True
+            print("LOADING", flush=True)  # this rank is reading: the signal lands mid-read
+    progress.told = False
     try:
         warpload.load_file(path, framework="numpy", process_group=dist.group.WORLD,
-                           backend="posix", threads=1, block_size=4096)
+                           backend="posix", threads=1, block_size=4096, progress=progress)
         print("FINISHED", flush=True)
     except KeyboardInterrupt:
         print("INTERRUPTED", flush=True)
@@ -136,11 +141,12 @@ RANK_CHILD = textwrap.dedent("""
 
 
 def test_sigint_on_one_rank_fails_every_rank(tmp_path):
-    """Two gloo ranks load 1 GiB (each reads half, slowly); Ctrl-C on rank 0 stops its reads,
-    and the error agreement fails rank 1 too, naming rank 0."""
+    """Two gloo ranks load 2 GiB (each reads half in 4 KiB preads); Ctrl-C on rank 0 while it
+    reads (its progress callback says when) stops its reads, and the error agreement fails
+    rank 1 too, naming rank 0."""
     pytest.importorskip("torch.distributed")
     path = str(tmp_path / "big.safetensors")
-    ref.write_sparse(path, [(f"t{i}", "F32", [32 * MiB]) for i in range(8)])
+    ref.write_sparse(path, [(f"t{i}", "F32", [64 * MiB]) for i in range(8)])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                OMP_NUM_THREADS="1")
     for attempt in range(3):
@@ -151,7 +157,7 @@ def test_sigint_on_one_rank_fails_every_rank(tmp_path):
         try:
             for child in ranks:
                 assert child.stdout.readline().strip() == "READY"
-            time.sleep(0.3)
+            assert ranks[0].stdout.readline().strip() == "LOADING"
             sent = time.monotonic()
             ranks[0].send_signal(signal.SIGINT)
             outs = [child.communicate(timeout=60)[0] for child in ranks]
