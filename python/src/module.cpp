@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cancellable_call.hpp"
+#include "core/tensor_view.hpp"
 #include "distributed.hpp"
 #include "python_memory.hpp"
 #include "storage_options.hpp"
@@ -114,12 +115,6 @@ std::string resolved_backend(const std::string& backend, const StorageOptions& s
 
 std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
 std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
-
-std::vector<std::int64_t> row_major(const std::vector<std::int64_t>& shape) {
-  std::vector<std::int64_t> strides(shape.size(), 1);
-  for (std::size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
-  return strides;
-}
 
 py::tuple to_tuple(const std::vector<std::int64_t>& v) {
   py::tuple t(v.size());
@@ -334,32 +329,23 @@ class PyLoader {
 
     std::vector<std::vector<ExportedTensor>> out(ranges.size());
     for (std::size_t i = 0; i < ranges.size(); ++i) {
-      const Header& h = files[ranges[i].file].header;
+      const PlannedFile& planned = files[ranges[i].file];
+      const Header& h = planned.header;
+      const std::string file = planned.path.string();
+      const Pending& p = pending[i];
       for (std::size_t t = ranges[i].first; t < ranges[i].last; ++t) {
         const TensorInfo& info = h.tensors[t];
-        TensorView v;
-        v.name = info.name;
-        v.dtype = info.dtype;
-        v.shape.assign(info.shape.begin(), info.shape.end());
-        v.strides = row_major(v.shape);
-        v.nbytes = info.nbytes();
-        v.memory = MemoryKind::kHost;
-        std::shared_ptr<const Buffer> owner = pending[i].buffer;
-        const Pending& p = pending[i];
         std::byte* data = info.nbytes() == 0
                               ? p.buffer->data()
                               : p.buffer->data() + p.pad +
                                     (h.data_offset() + info.begin - p.first_byte);
-        const std::size_t align = dtype_alignment(info.dtype);
-        if (reinterpret_cast<std::uintptr_t>(data) % align != 0) {
-          auto side = host_allocator_->allocate(info.nbytes(), std::max<std::size_t>(align, 64));
-          std::memcpy(side->data(), data, info.nbytes());
+        std::shared_ptr<const Buffer> owner = p.buffer;
+        if (auto side = detail::realigned_copy(*host_allocator_, info, data, -1, planned.path)) {
           data = side->data();
           owner = std::move(side);
         }
-        v.data = data;
-        v.owner = std::move(owner);
-        out[i].emplace_back(std::move(v), device_index_);
+        out[i].emplace_back(detail::make_tensor_view(info, data, std::move(owner), file),
+                            device_index_);
       }
     }
     return out;

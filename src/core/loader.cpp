@@ -273,29 +273,14 @@ LoadStats Loader::load() {
   if (s.options.on_progress) s.options.on_progress(s.total_bytes, s.total_bytes);
   open_files.clear();
 
-  // Views must be aligned to their element size; move the few tensors whose place in the
-  // file does not allow that (never the case for files from the reference writer, which
-  // orders tensors by alignment) into buffers of their own: a memcpy in host memory, a
-  // device-to-device copy in device memory.
+  // Views must be aligned to their element size: the few tensors whose place in the file does
+  // not allow that get buffers of their own.
   for (std::size_t i = 0; i < s.files.size(); ++i) {
     for (const TensorInfo& t : s.files[i].header.tensors) {
-      const std::size_t align = dtype_alignment(t.dtype);
-      std::byte* src = data_starts[i] + t.begin;
-      if (reinterpret_cast<std::uintptr_t>(src) % align == 0 || t.nbytes() == 0) continue;
-      auto side = allocate_for(*allocator, s.files[i].path, t.nbytes(),
-                               std::max<std::size_t>(align, device_buffers ? 256 : 64));
-      if (device_buffers) {
-        try {
-          detail::copy_on_device(side->data(), src, t.nbytes(), device.index);
-        } catch (const Error& e) {
-          throw UnsupportedError(s.files[i].path.string() + ": tensor '" +
-                                 detail::printable(t.name) + "': realigning it on " +
-                                 device.name() + ": " + e.what());
-        }
-      } else {
-        std::memcpy(side->data(), src, t.nbytes());
+      if (auto side = detail::realigned_copy(*allocator, t, data_starts[i] + t.begin,
+                                             device.index, s.files[i].path)) {
+        s.realigned.emplace(t.name, std::move(side));
       }
-      s.realigned.emplace(t.name, std::move(side));
     }
   }
 

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "common/printable.hpp"
+#include "device/cuda_shim.hpp"
+#include "warpload/dtype.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload::detail {
@@ -31,6 +34,33 @@ TensorView make_tensor_view(const TensorInfo& t, std::byte* data,
   v.memory = owner->kind();
   v.owner = std::move(owner);
   return v;
+}
+
+std::shared_ptr<Buffer> realigned_copy(Allocator& allocator, const TensorInfo& t,
+                                       const std::byte* data, int device,
+                                       const std::filesystem::path& file) {
+  const std::size_t align = dtype_alignment(t.dtype);
+  if (t.nbytes() == 0 || reinterpret_cast<std::uintptr_t>(data) % align == 0) return nullptr;
+  const bool on_device = allocator.kind() == MemoryKind::kDevice;
+  const std::string where = file.string() + ": tensor '" + printable(t.name) + "'";
+  std::shared_ptr<Buffer> side;
+  try {
+    side = allocator.allocate(t.nbytes(), std::max<std::size_t>(align, on_device ? 256 : 64));
+  } catch (const OutOfMemoryError& e) {
+    throw OutOfMemoryError(where + ": cannot allocate " + std::to_string(t.nbytes()) +
+                           " bytes to realign it: " + e.what());
+  }
+  if (!on_device) {
+    std::memcpy(side->data(), data, t.nbytes());
+    return side;
+  }
+  try {
+    copy_on_device(side->data(), data, t.nbytes(), device);
+  } catch (const Error& e) {
+    throw UnsupportedError(where + ": realigning it on cuda:" + std::to_string(device) + ": " +
+                           e.what());
+  }
+  return side;
 }
 
 }  // namespace warpload::detail

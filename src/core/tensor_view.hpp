@@ -1,6 +1,9 @@
-// Building a TensorView over bytes a loader placed: shared by Loader and DistributedLoader.
+// Building a TensorView over bytes a loader placed: shared by Loader, DistributedLoader and the
+// Python package's range reads.
 #pragma once
 
+#include <cstddef>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -17,5 +20,15 @@ namespace warpload::detail {
 [[nodiscard]] TensorView make_tensor_view(const TensorInfo& t, std::byte* data,
                                           std::shared_ptr<const Buffer> owner,
                                           const std::string& file);
+
+// Views must be aligned to their element size. When tensor `t`'s bytes at `data` are not
+// (files not from the reference writer, which orders tensors by alignment), returns an
+// aligned copy in a buffer of its own from `allocator`: memcpy for host memory, cuMemcpyDtoD
+// on CUDA device `device` when the allocator makes device memory. Returns null when `data` is
+// aligned or the tensor is empty. Errors (OutOfMemoryError, a failed device copy) name `file`
+// and the tensor.
+[[nodiscard]] std::shared_ptr<Buffer> realigned_copy(Allocator& allocator, const TensorInfo& t,
+                                                     const std::byte* data, int device,
+                                                     const std::filesystem::path& file);
 
 }  // namespace warpload::detail
