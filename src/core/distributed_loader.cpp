@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <unordered_map>
+#include <utility>
 
 #include "common/printable.hpp"
 #include "core/progress_monitor.hpp"
@@ -172,6 +173,15 @@ struct DistributedLoader::State {
   std::uint64_t slot_lo(int q) const { return static_cast<std::uint64_t>(q) * plan.slot_bytes; }
   std::uint64_t slot_hi(int q) const { return slot_lo(q) + plan.slot_bytes; }
   std::byte* at(std::uint64_t stream) const { return buffer->data() + (stream - buffer_base); }
+  // The part [lo, hi) of tensor `t`'s stream bytes that rank q read, relative to the tensor's
+  // first byte; {0, 0} when q read none of it.
+  std::pair<std::uint64_t, std::uint64_t> held(int q, const Placed& p,
+                                               const TensorInfo& t) const {
+    const std::uint64_t lo = std::max(p.stream, slot_lo(q));
+    const std::uint64_t hi = std::min(p.stream + t.nbytes(), slot_hi(q));
+    return lo < hi ? std::pair{lo - p.stream, hi - p.stream}
+                   : std::pair{std::uint64_t{0}, std::uint64_t{0}};
+  }
 };
 
 DistributedLoader::DistributedLoader(std::shared_ptr<Collective> collective, LoadOptions options,
@@ -399,21 +409,13 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     }
   }
   if (delivery == Delivery::kAll) {
-    // Views must be aligned to their element size (only files not from the reference writer
-    // need this copy; see Loader).
-    const bool on_device = buffer && buffer->kind() == MemoryKind::kDevice;
+    // Views must be aligned to their element size (see Loader).
+    Allocator& allocator =
+        buffer && buffer->kind() == MemoryKind::kDevice ? *s.device_allocator : *s.allocator;
     for (const auto& [name, p] : s.placed) {
-      const TensorInfo& t = s.catalog.info(name);
-      std::byte* src = buffer->data() + p.stream;
-      const std::size_t align = dtype_alignment(t.dtype);
-      if (t.nbytes() == 0 || reinterpret_cast<std::uintptr_t>(src) % align == 0) continue;
-      if (on_device) {
-        auto side = s.device_allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 256));
-        detail::copy_on_device(side->data(), src, t.nbytes(), s.device.index);
-        s.realigned.emplace(name, std::move(side));
-      } else {
-        auto side = s.allocator->allocate(t.nbytes(), std::max<std::size_t>(align, 64));
-        std::memcpy(side->data(), src, t.nbytes());
+      if (auto side = detail::realigned_copy(allocator, s.catalog.info(name),
+                                             buffer->data() + p.stream, s.device.index,
+                                             s.catalog.file_of(name).path)) {
         s.realigned.emplace(name, std::move(side));
       }
     }
@@ -441,14 +443,11 @@ TensorView DistributedLoader::tensor(std::string_view name) {
   }
   auto dest = s.allocator->allocate(std::max<std::uint64_t>(t.nbytes(), 1), 64);
   const int me = s.rank();
-  const std::uint64_t lo0 = p.stream;
-  const std::uint64_t hi0 = p.stream + t.nbytes();
-  for (int q = 0; q < s.world() && t.nbytes() > 0; ++q) {
-    const std::uint64_t lo = std::max(lo0, s.slot_lo(q));
-    const std::uint64_t hi = std::min(hi0, s.slot_hi(q));
+  for (int q = 0; q < s.world(); ++q) {
+    const auto [lo, hi] = s.held(q, p, t);
     if (lo >= hi) continue;
-    std::span<std::byte> part(dest->data() + (lo - lo0), hi - lo);
-    if (q == me) std::memcpy(part.data(), s.at(lo), part.size());
+    std::span<std::byte> part(dest->data() + lo, hi - lo);
+    if (q == me) std::memcpy(part.data(), s.at(p.stream + lo), part.size());
     s.collective->broadcast(part, q);
     if (q == me) {
       s.stats.bytes_sent += part.size() * static_cast<std::uint64_t>(s.world() - 1);
@@ -478,19 +477,16 @@ std::optional<TensorView> DistributedLoader::push(std::string_view name, int dst
   if (me == dst) dest = s.allocator->allocate(std::max<std::uint64_t>(t.nbytes(), 1), 64);
   std::vector<Collective::Transfer> sends;
   std::vector<Collective::Transfer> receives;
-  const std::uint64_t lo0 = p.stream;
-  const std::uint64_t hi0 = p.stream + t.nbytes();
-  for (int q = 0; q < s.world() && t.nbytes() > 0; ++q) {
-    const std::uint64_t lo = std::max(lo0, s.slot_lo(q));
-    const std::uint64_t hi = std::min(hi0, s.slot_hi(q));
+  for (int q = 0; q < s.world(); ++q) {
+    const auto [lo, hi] = s.held(q, p, t);
     if (lo >= hi) continue;
     if (me == dst && q == me) {
-      std::memcpy(dest->data() + (lo - lo0), s.at(lo), hi - lo);
+      std::memcpy(dest->data() + lo, s.at(p.stream + lo), hi - lo);
     } else if (me == dst) {
-      receives.push_back({q, std::span<std::byte>(dest->data() + (lo - lo0), hi - lo)});
+      receives.push_back({q, std::span<std::byte>(dest->data() + lo, hi - lo)});
       s.stats.bytes_received += hi - lo;
     } else if (q == me) {
-      sends.push_back({dst, std::span<std::byte>(s.at(lo), hi - lo)});
+      sends.push_back({dst, std::span<std::byte>(s.at(p.stream + lo), hi - lo)});
       s.stats.bytes_sent += hi - lo;
     }
   }
@@ -535,13 +531,7 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
   if (t.nbytes() == 0) return v;
 
   // Tensor-relative range [lo, hi) that rank q holds.
-  auto held = [&](int q) {
-    const std::uint64_t lo = std::max(p.stream, s.slot_lo(q));
-    const std::uint64_t hi = std::min(p.stream + t.nbytes(), s.slot_hi(q));
-    return lo < hi ? std::pair{lo - p.stream, hi - p.stream}
-                   : std::pair{std::uint64_t{0}, std::uint64_t{0}};
-  };
-  const auto [my_lo, my_hi] = held(me);
+  const auto [my_lo, my_hi] = s.held(me, p, t);
   // The part this rank read itself.
   detail::for_each_overlap(mine, my_lo, my_hi,
                            [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
@@ -594,7 +584,7 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
                                out.ranges.push_back({off, block_off, n});
                              });
     if (!out.ranges.empty()) outgoing.push_back(std::move(out));
-    const auto [lo, hi] = held(q);
+    const auto [lo, hi] = s.held(q, p, t);
     Pending in{q, {}, {}};
     detail::for_each_overlap(mine, lo, hi,
                              [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
