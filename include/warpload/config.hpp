@@ -102,4 +102,18 @@ void write_config(const std::filesystem::path& path, const TunedSettings& settin
                                             const StorageOptions& explicit_options,
                                             const TunedSettings* config);
 
+// The one settings resolution every load runs (Loader, DistributedLoader, ChunkedReader, the
+// Python bindings): finds the config (`explicit_path`, else $WARPLOAD_CONFIG, else the default
+// location, unless `use_config` is false), reads it and applies it with apply_config().
+// `config` is the file whose settings were applied, empty when none was. Throws what
+// find_config_file() and read_config() throw.
+struct LoadSettings {
+  ResolvedSettings settings;
+  std::filesystem::path config;
+};
+[[nodiscard]] LoadSettings resolve_settings(std::string_view backend,
+                                            const StorageOptions& explicit_options,
+                                            const std::filesystem::path& explicit_path,
+                                            bool use_config);
+
 }  // namespace warpload

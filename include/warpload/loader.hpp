@@ -5,9 +5,9 @@
 //   loader.load();                                  // reads every tensor's bytes
 //   warpload::TensorView w = loader.tensor("lm_head.weight");
 //
-// What add() accepts: a .safetensors file; a directory (its model.safetensors.index.json if
-// present, else every *.safetensors in it, sorted by name); an HF index.json (the files its
-// weight_map names, which must exist and must hold exactly the tensors it maps).
+// What add() accepts: see CheckpointPlan (warpload/plan.hpp). Reads go through the one read
+// path every loader shares (docs/architecture.md, "One load path"); for a checkpoint larger
+// than memory use ChunkedReader (warpload/chunked.hpp).
 //
 // Placement: each file's data section lands in one Buffer from the allocator, so a tensor is
 // a pointer into it. Tensors are aligned to at least their element size: a tensor whose
@@ -41,7 +41,9 @@
 #include "warpload/dtype.hpp"
 #include "warpload/format.hpp"
 #include "warpload/memory.hpp"
+#include "warpload/plan.hpp"
 #include "warpload/storage.hpp"
+#include "warpload/tensor_view.hpp"
 
 namespace warpload {
 
@@ -90,30 +92,6 @@ struct LoadOptions {
   bool verify = false;
 };
 
-// A non-owning description of tensor bytes plus a reference that keeps them alive.
-// Shape and strides are in elements (strides are row-major for a whole tensor; a shard along
-// a dimension other than 0 keeps the parent's strides). For sub-byte dtypes strides are
-// only meaningful for whole tensors.
-struct TensorView {
-  std::string name;
-  DType dtype = DType::kU8;
-  std::vector<std::int64_t> shape;
-  std::vector<std::int64_t> strides;
-  std::byte* data = nullptr;  // first element
-  std::uint64_t nbytes = 0;   // bytes the view spans: numel * element size when contiguous
-  bool contiguous = true;
-  MemoryKind memory = MemoryKind::kHost;
-  std::shared_ptr<const Buffer> owner;  // keeps `data` valid
-
-  [[nodiscard]] std::uint64_t numel() const noexcept;
-};
-
-// One file of the plan.
-struct PlannedFile {
-  std::filesystem::path path;
-  Header header;
-};
-
 struct LoadStats {
   std::uint64_t bytes = 0;  // tensor bytes loaded (data sections)
   double seconds = 0;       // wall time of the read phase
@@ -156,7 +134,8 @@ class Loader {
   void add(const std::filesystem::path& path);
   void add(std::span<const std::filesystem::path> paths);
 
-  // The plan: files in the order added, each with its validated header.
+  // The plan: files in the order added, each with its validated header, and the name index.
+  [[nodiscard]] const CheckpointPlan& plan() const noexcept;
   [[nodiscard]] const std::vector<PlannedFile>& files() const noexcept;
   // Sum of the data sections of all planned files.
   [[nodiscard]] std::uint64_t total_bytes() const noexcept;

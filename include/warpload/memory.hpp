@@ -65,4 +65,9 @@ struct HostAllocatorOptions {
 // Anonymous-mmap host memory, released with munmap when the last reference goes.
 [[nodiscard]] std::shared_ptr<Allocator> make_host_allocator(HostAllocatorOptions options = {});
 
+// Bytes held right now by Buffers from make_host_allocator() allocators, process-wide (what
+// tensors, a loader's buffers and reads in progress keep; for leak checks and memory bounds,
+// e.g. Python's warpload.live_host_bytes()). Thread-safe.
+[[nodiscard]] std::uint64_t host_bytes_in_use() noexcept;
+
 }  // namespace warpload

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cancellable_call.hpp"
+#include "chunk_list.hpp"
 #include "storage_options.hpp"
 #include "tensor_export.hpp"
 #include "warpload/distributed.hpp"
@@ -257,6 +258,12 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
              return ExportedTensor(std::move(*v), 0);
            })
       .def("keys", [](const PyDistributedLoader& l) { return l.keys(); })
+      .def(
+          "plan_chunks",
+          [](const PyDistributedLoader& l, std::uint64_t memory_limit, unsigned parts) {
+            return chunk_list(l.files(), memory_limit, parts);
+          },
+          py::arg("memory_limit") = 0ULL, py::arg("parts") = 2U)
       .def_property_readonly("stats", [](const PyDistributedLoader& l) { return stats_dict(l); })
       .def_property_readonly("loaded", [](const PyDistributedLoader& l) { return l.loaded(); })
       .def_property_readonly("rank", [](const PyDistributedLoader& l) { return l.rank(); })

@@ -2,8 +2,10 @@
 //
 // It exposes the engine at the level the pure-Python APIs (warpload/_api.py,
 // warpload/fastsafetensors.py) build on:
-//   _Loader        a warpload::Loader plus ranged reads for iterate_weights; load() and
-//                  read_ranges() release the GIL and cancel on Ctrl-C (cancellable_call.hpp)
+//   _Loader        a warpload::Loader; load() releases the GIL and cancels on Ctrl-C
+//                  (cancellable_call.hpp)
+//   _ChunkReader   a warpload::ChunkedReader over a _Loader's plan (iterate_weights); next()
+//                  releases the GIL and cancels on Ctrl-C
 //   DLPackTensor   one tensor or shard, exported through DLPack (tensor_export.hpp)
 //   exceptions     the C++ Error hierarchy mapped to Python's built-in exception types
 //
@@ -27,12 +29,13 @@
 #include <vector>
 
 #include "cancellable_call.hpp"
+#include "chunk_list.hpp"
 #include "core/tensor_view.hpp"
 #include "distributed.hpp"
 #include "python_memory.hpp"
 #include "storage_options.hpp"
-#include "storage/hf3fs_shim.hpp"
 #include "tensor_export.hpp"
+#include "warpload/chunked.hpp"
 #include "warpload/config.hpp"
 #include "warpload/device.hpp"
 #include "warpload/dtype.hpp"
@@ -103,18 +106,11 @@ struct PyLoadOptions {
 std::string resolved_backend(const std::string& backend, const StorageOptions& storage,
                              const std::string& config, bool use_config) {
   try {
-    std::optional<TunedSettings> tuned;
-    if (use_config) {
-      if (auto found = find_config_file(config)) tuned = read_config(*found);
-    }
-    return apply_config(backend, storage, tuned ? &*tuned : nullptr).backend;
+    return resolve_settings(backend, storage, config, use_config).settings.backend;
   } catch (const std::exception&) {
     return "";
   }
 }
-
-std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
-std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
 py::tuple to_tuple(const std::vector<std::int64_t>& v) {
   py::tuple t(v.size());
@@ -145,63 +141,33 @@ std::string mode_name(ExportMode mode) {
   return "";
 }
 
-// A client library that cannot be loaded is a missing capability of this machine, like a
-// missing CUDA driver (UnsupportedError, RuntimeError in Python); the 3FS shim reports it as
-// NotFoundError, which would otherwise read as a missing checkpoint file.
-template <typename Fn>
-auto with_library_errors(Fn&& fn) {
-  try {
-    return fn();
-  } catch (const NotFoundError& e) {
-    if (!detail::hf3fs_available() && std::string_view(e.what()).find("3FS") !=
-                                          std::string_view::npos) {
-      throw UnsupportedError(e.what());
-    }
-    throw;
-  }
-}
-
 // ---- the loader ---------------------------------------------------------------------------
-
-// One range of consecutive tensors (data order) of one planned file.
-struct TensorRange {
-  std::size_t file = 0;
-  std::size_t first = 0;  // index into Header::tensors
-  std::size_t last = 0;   // one past
-};
 
 class PyLoader {
  public:
   explicit PyLoader(PyLoadOptions options) : options_(std::move(options)) {
     const Device device = Device::parse(options_.device);  // std::invalid_argument -> ValueError
     device_index_ = device.index;
-    LoadOptions load;
+    LoadOptions& load = load_options_;
     load.backend = options_.backend;
     load.storage = options_.storage;
     load.config = options_.config;
     load.use_config = options_.use_config;
     load.device = options_.device;
     if (options_.staging_bytes != 0) load.staging_bytes = options_.staging_bytes;
-    load.cancel = &cancel_;
-    load.on_progress = [this](std::uint64_t done, std::uint64_t total) {
-      done_.store(done, std::memory_order_relaxed);
-      total_.store(total, std::memory_order_relaxed);
-    };
+    // Framework memory (torch's caching allocator) when the caller gave one; otherwise the
+    // engine chooses, as for C++ callers (the backend's own memory, else counted host pages).
     if (!options_.allocator.is_none()) {
       load.allocator = std::make_shared<PythonAllocator>(
           options_.allocator, device.is_cuda() ? MemoryKind::kDevice : MemoryKind::kHost);
-    } else if (!device.is_cuda()) {
-      // The mmap baseline and 3FS bring their own memory (ordinary pages, shared iovs).
-      const std::string backend = resolved_backend(options_.backend, options_.storage,
-                                                   options_.config, options_.use_config);
-      if (!backend.empty() && backend != "mmap" && backend != "3fs") {
-        load.allocator = make_counted_host_allocator();
-      }
     }
-    host_allocator_ = load.allocator && load.allocator->kind() == MemoryKind::kHost
-                          ? load.allocator
-                          : make_counted_host_allocator();
-    loader_ = std::make_unique<Loader>(std::move(load));
+    LoadOptions with_hooks = load;
+    with_hooks.cancel = &cancel_;
+    with_hooks.on_progress = [this](std::uint64_t done, std::uint64_t total) {
+      done_.store(done, std::memory_order_relaxed);
+      total_.store(total, std::memory_order_relaxed);
+    };
+    loader_ = std::make_unique<Loader>(std::move(with_hooks));
   }
 
   void add(const std::filesystem::path& path) {
@@ -216,8 +182,8 @@ class PyLoader {
     done_.store(0);
     total_.store(loader_->total_bytes());
     LoadStats stats;
-    call_cancellable([&] { stats = with_library_errors([&] { return loader_->load(); }); },
-                     cancel_, tick(progress), [&] { loader_->release(); });
+    call_cancellable([&] { stats = loader_->load(); }, cancel_, tick(progress),
+                     [&] { loader_->release(); });
     if (!progress.is_none()) progress(loader_->total_bytes(), loader_->total_bytes());
     py::dict out;
     out["bytes"] = stats.bytes;
@@ -228,126 +194,6 @@ class PyLoader {
     out["files"] = stats.files;
     out["direct_files"] = stats.direct_files;
     out["config"] = stats.config.string();
-    return out;
-  }
-
-  // Reads the given tensor ranges into fresh host buffers (one per range) and returns their
-  // tensors, without loading anything else. Used by iterate_weights.
-  std::vector<std::vector<ExportedTensor>> read_ranges(const std::vector<TensorRange>& ranges,
-                                                       const py::object& progress) {
-    Busy busy(*this);
-    const auto& files = loader_->files();
-    for (const auto& r : ranges) {
-      if (r.file >= files.size() || r.first > r.last ||
-          r.last > files[r.file].header.tensors.size()) {
-        throw std::invalid_argument("tensor range out of the plan");
-      }
-    }
-    // A cancel() that came before this call stops it here (nothing allocated yet).
-    if (cancel_.exchange(false)) {
-      throw CancelledError(files.empty() ? std::string("read cancelled")
-                                         : files.front().path.string() + ": read cancelled");
-    }
-    if (!range_storage_) {
-      std::optional<TunedSettings> tuned;
-      if (options_.use_config) {
-        if (auto found = find_config_file(options_.config)) tuned = read_config(*found);
-      }
-      ResolvedSettings settings =
-          apply_config(options_.backend, options_.storage, tuned ? &*tuned : nullptr);
-      range_storage_ = with_library_errors(
-          [&] { return make_storage(settings.backend, settings.storage); });
-    }
-
-    struct Pending {
-      std::unique_ptr<StorageFile> file;
-      std::shared_ptr<Buffer> buffer;
-      std::uint64_t first_byte = 0;  // file offset read to buffer->data() + pad
-      std::uint64_t pad = 0;
-    };
-    std::vector<Pending> pending(ranges.size());
-    std::vector<ReadRequest> requests;
-    std::uint64_t total = 0;
-    ReadControl control;
-    {
-      py::gil_scoped_release release;
-      for (std::size_t i = 0; i < ranges.size(); ++i) {
-        const PlannedFile& planned = files[ranges[i].file];
-        const Header& h = planned.header;
-        Pending& p = pending[i];
-        p.file = range_storage_->open(planned.path);
-        if (p.file->size() != h.file_size) {
-          throw IoError(planned.path.string() + ": file changed size since its header was read",
-                        0, 0);
-        }
-        const std::uint64_t b0 = ranges[i].first < ranges[i].last
-                                     ? h.tensors[ranges[i].first].begin
-                                     : 0;
-        const std::uint64_t b1 =
-            ranges[i].first < ranges[i].last ? h.tensors[ranges[i].last - 1].end : 0;
-        const std::uint64_t a = p.file->alignment();
-        const std::uint64_t begin = align_down(h.data_offset() + b0, a);
-        const std::uint64_t end = align_up(h.data_offset() + b1, a);
-        // Buffered reads: shift the bytes so a tensor's address is congruent to its offset in
-        // the data section modulo 64, as in a whole-file load (no realignment for files from
-        // the reference writer). O_DIRECT destinations must stay aligned instead.
-        p.first_byte = begin;
-        p.pad = a == 1 ? b0 % 64 : 0;  // for a == 1, begin - data_offset == b0
-        p.buffer = host_allocator_->allocate(std::max<std::uint64_t>(p.pad + end - begin, 1),
-                                             std::max<std::uint64_t>(a, 64));
-        if (end > begin) {
-          requests.push_back(ReadRequest{p.file.get(), begin, end - begin,
-                                         p.buffer->data() + p.pad});
-          total += b1 - b0;
-        }
-      }
-    }
-    done_.store(0);
-    total_.store(total);
-    // cancel() from another thread reaches this read through active_control_; one that came
-    // while the buffers were being allocated is taken here.
-    {
-      const std::lock_guard lock(control_mutex_);
-      active_control_ = &control;
-      if (cancel_.exchange(false)) control.cancel.store(true);
-    }
-    struct Detach {
-      PyLoader& self;
-      ~Detach() {
-        const std::lock_guard lock(self.control_mutex_);
-        self.active_control_ = nullptr;
-      }
-    } detach{*this};
-    std::atomic<bool>& cancel = control.cancel;
-    call_cancellable(
-        [&] { range_storage_->read(requests, &control); }, cancel,
-        [&, tick_progress = tick(progress)] {
-          done_.store(std::min(control.bytes_done.load(), total));
-          if (tick_progress) tick_progress();
-        },
-        {});
-
-    std::vector<std::vector<ExportedTensor>> out(ranges.size());
-    for (std::size_t i = 0; i < ranges.size(); ++i) {
-      const PlannedFile& planned = files[ranges[i].file];
-      const Header& h = planned.header;
-      const std::string file = planned.path.string();
-      const Pending& p = pending[i];
-      for (std::size_t t = ranges[i].first; t < ranges[i].last; ++t) {
-        const TensorInfo& info = h.tensors[t];
-        std::byte* data = info.nbytes() == 0
-                              ? p.buffer->data()
-                              : p.buffer->data() + p.pad +
-                                    (h.data_offset() + info.begin - p.first_byte);
-        std::shared_ptr<const Buffer> owner = p.buffer;
-        if (auto side = detail::realigned_copy(*host_allocator_, info, data, -1, planned.path)) {
-          data = side->data();
-          owner = std::move(side);
-        }
-        out[i].emplace_back(detail::make_tensor_view(info, data, std::move(owner), file),
-                            device_index_);
-      }
-    }
     return out;
   }
 
@@ -384,6 +230,8 @@ class PyLoader {
   Loader& loader() { return *loader_; }
   const Loader& loader() const { return *loader_; }
   const std::string& device() const { return options_.device; }
+  // The options loads run with, without this handle's progress and cancel hooks.
+  const LoadOptions& load_options() const { return load_options_; }
 
  private:
   // Marks a call in progress: the GIL is released inside, so a second Python thread could
@@ -403,14 +251,8 @@ class PyLoader {
   };
 
 public:
-  // From any thread, without the handle's busy check: stops the read_ranges() in progress, or
-  // the next one when none is (it raises CancelledError), and a load() in progress.
-  // iterate_weights' prefetch uses it to stop the read of a chunk nobody will take.
-  void cancel() {
-    const std::lock_guard lock(control_mutex_);
-    cancel_.store(true);
-    if (active_control_ != nullptr) active_control_->cancel.store(true);
-  }
+  // From any thread, without the handle's busy check: stops a load() in progress.
+  void cancel() { cancel_.store(true); }
 
  private:
   std::function<void()> tick(const py::object& progress) {
@@ -421,14 +263,112 @@ public:
   PyLoadOptions options_;
   int device_index_ = 0;
   std::atomic<bool> cancel_{false};
-  std::mutex control_mutex_;               // guards active_control_
-  ReadControl* active_control_ = nullptr;  // read_ranges()'s, while it reads
   std::atomic<std::uint64_t> done_{0};
   std::atomic<std::uint64_t> total_{0};
   bool busy_ = false;
-  std::shared_ptr<Allocator> host_allocator_;
-  std::shared_ptr<Storage> range_storage_;
+  LoadOptions load_options_;
   std::unique_ptr<Loader> loader_;
+};
+
+// iterate_weights' engine: a ChunkedReader over a copy of a _Loader's plan, with its options.
+// next() reads (or takes the read-ahead) chunk with the GIL released, cancellable by Ctrl-C;
+// cancel() from any thread stops a read ahead nobody will take. `progress(done, total)` runs on
+// the thread that reads (a read ahead's included), taking the GIL; an exception it raises
+// cancels the reader and is raised by the next() that wanted that chunk.
+class PyChunkReader {
+ public:
+  PyChunkReader(const PyLoader& loader, std::uint64_t memory_limit, bool prefetch,
+                py::object progress)
+      : device_index_(Device::parse(loader.device()).index), progress_(std::move(progress)) {
+    LoadOptions options = loader.load_options();
+    options.cancel = &cancel_;
+    if (!progress_.is_none()) {
+      options.on_progress = [this](std::uint64_t done, std::uint64_t total) {
+        report(done, total);
+      };
+    }
+    py::gil_scoped_release release;
+    reader_ = std::make_unique<ChunkedReader>(
+        std::make_shared<CheckpointPlan>(loader.loader().plan()), std::move(options),
+        ChunkOptions{memory_limit, prefetch});
+  }
+  ~PyChunkReader() { close(); }
+  PyChunkReader(const PyChunkReader&) = delete;
+  PyChunkReader& operator=(const PyChunkReader&) = delete;
+
+  // The next chunk's tensors, or None after the last.
+  py::object next() {
+    if (!reader_) throw std::runtime_error("this chunk reader is closed");
+    if (busy_) throw std::runtime_error("this chunk reader is busy in another thread");
+    busy_ = true;
+    struct Idle {
+      bool& busy;
+      ~Idle() { busy = false; }
+    } idle{busy_};
+    std::optional<std::vector<TensorView>> chunk;
+    try {
+      call_cancellable([&] { chunk = reader_->next(); }, cancel_, {}, [&] { chunk.reset(); });
+    } catch (const CancelledError&) {
+      raise_progress_error();  // the callback's exception is why the read stopped
+      throw;
+    }
+    // A callback that raised at the end of the read: that chunk is not handed out either.
+    if (failed_.load()) {
+      chunk.reset();
+      raise_progress_error();
+    }
+    if (!chunk) return py::none();
+    py::list out;
+    for (TensorView& v : *chunk) out.append(ExportedTensor(std::move(v), device_index_));
+    return out;
+  }
+
+  void cancel() noexcept {
+    if (reader_) reader_->cancel();
+  }
+  std::uint64_t total_bytes() const { return reader_ ? reader_->total_bytes() : 0; }
+
+  // Stops and drops the reader (a read ahead is cancelled and waited for) without the GIL,
+  // which the reading thread's progress calls may need. Idempotent.
+  void close() {
+    if (!reader_) return;
+    std::unique_ptr<ChunkedReader> reader = std::move(reader_);
+    if (Py_IsInitialized() == 0) return;  // interpreter gone: the process is ending
+    py::gil_scoped_release release;
+    reader->cancel();
+    reader.reset();
+  }
+
+ private:
+  // On a reading thread: calls the Python callback with the GIL; its exception cancels.
+  void report(std::uint64_t done, std::uint64_t total) noexcept {
+    if (Py_IsInitialized() == 0 || failed_.load()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      progress_(done, total);
+    } catch (py::error_already_set& e) {
+      error_ = std::move(e);
+      failed_.store(true);
+      cancel_.store(true);
+    } catch (...) {
+      failed_.store(true);
+      cancel_.store(true);
+    }
+  }
+  void raise_progress_error() {
+    if (!failed_.load() || !error_) return;
+    py::error_already_set e = std::move(*error_);
+    error_.reset();
+    throw e;
+  }
+
+  int device_index_ = 0;
+  py::object progress_;
+  std::atomic<bool> cancel_{false};
+  std::atomic<bool> failed_{false};
+  std::optional<py::error_already_set> error_;  // set with the GIL held
+  bool busy_ = false;
+  std::unique_ptr<ChunkedReader> reader_;
 };
 
 }  // namespace
@@ -516,11 +456,6 @@ PYBIND11_MODULE(_warpload, m) {
                mode_name(t.mode()) + ">";
       });
 
-  py::class_<TensorRange>(m, "_TensorRange", py::module_local())
-      .def(py::init([](std::size_t file, std::size_t first, std::size_t last) {
-        return TensorRange{file, first, last};
-      }));
-
   py::class_<PyLoader>(m, "_Loader", py::module_local())
       .def(py::init([](const std::string& backend, bool direct, unsigned threads,
                        std::uint64_t block_size, unsigned queue_depth, const std::string& config,
@@ -543,8 +478,6 @@ PYBIND11_MODULE(_warpload, m) {
            py::arg("allocator") = py::none())
       .def("add", &PyLoader::add, py::arg("path"))
       .def("load", &PyLoader::load, py::arg("progress") = py::none())
-      .def("read_ranges", &PyLoader::read_ranges, py::arg("ranges"),
-           py::arg("progress") = py::none())
       .def("plan", &PyLoader::plan)
       .def("keys", [](const PyLoader& l) { return l.loader().keys(); })
       .def("__contains__",
@@ -560,6 +493,12 @@ PYBIND11_MODULE(_warpload, m) {
       .def("shard", &PyLoader::shard, py::arg("name"), py::arg("rank"), py::arg("world"),
            py::arg("dim") = 0)
       .def("copy_to_host", &PyLoader::copy_to_host, py::arg("name"), py::arg("dest"))
+      .def(
+          "plan_chunks",
+          [](const PyLoader& l, std::uint64_t memory_limit, unsigned parts) {
+            return chunk_list(l.loader().files(), memory_limit, parts);
+          },
+          py::arg("memory_limit") = 0ULL, py::arg("parts") = 2U)
       .def_property_readonly("total_bytes",
                              [](const PyLoader& l) { return l.loader().total_bytes(); })
       .def_property_readonly("loaded", [](const PyLoader& l) { return l.loader().loaded(); })
@@ -567,9 +506,18 @@ PYBIND11_MODULE(_warpload, m) {
       .def("release", [](PyLoader& l) { l.loader().release(); })
       .def("cancel", &PyLoader::cancel, py::call_guard<py::gil_scoped_release>());
 
+  py::class_<PyChunkReader>(m, "_ChunkReader", py::module_local())
+      .def(py::init<const PyLoader&, std::uint64_t, bool, py::object>(), py::arg("loader"),
+           py::arg("memory_limit") = 0ULL, py::arg("prefetch") = true,
+           py::arg("progress") = py::none())
+      .def("next", &PyChunkReader::next)
+      .def_property_readonly("total_bytes", &PyChunkReader::total_bytes)
+      .def("cancel", &PyChunkReader::cancel, py::call_guard<py::gil_scoped_release>())
+      .def("close", &PyChunkReader::close);
+
   bind_distributed(m, g_invalid_file_error);
 
-  m.def("live_host_bytes", &live_host_bytes,
+  m.def("live_host_bytes", &host_bytes_in_use,
         "Bytes of host memory warpload currently holds for loaded tensors (any tensor still "
         "alive keeps its file's buffer).");
   m.def("available_backends", &available_storage_names);

@@ -18,33 +18,6 @@ bool python_is_gone() noexcept {
 #endif
 }
 
-std::atomic<std::uint64_t> g_live_host_bytes{0};
-
-class CountedBuffer final : public Buffer {
- public:
-  explicit CountedBuffer(std::shared_ptr<Buffer> inner)
-      : Buffer(inner->data(), inner->size(), inner->kind()), inner_(std::move(inner)) {
-    g_live_host_bytes.fetch_add(size(), std::memory_order_relaxed);
-  }
-  ~CountedBuffer() override { g_live_host_bytes.fetch_sub(size(), std::memory_order_relaxed); }
-
- private:
-  std::shared_ptr<Buffer> inner_;
-};
-
-class CountedAllocator final : public Allocator {
- public:
-  explicit CountedAllocator(std::shared_ptr<Allocator> inner) : inner_(std::move(inner)) {}
-  [[nodiscard]] MemoryKind kind() const noexcept override { return inner_->kind(); }
-  [[nodiscard]] std::shared_ptr<Buffer> allocate(std::size_t size,
-                                                 std::size_t alignment) override {
-    return std::make_shared<CountedBuffer>(inner_->allocate(size, alignment));
-  }
-
- private:
-  std::shared_ptr<Allocator> inner_;
-};
-
 // Holds the Python object that owns the memory; dropping it needs the GIL.
 class PythonBuffer final : public Buffer {
  public:
@@ -63,15 +36,6 @@ class PythonBuffer final : public Buffer {
 };
 
 }  // namespace
-
-std::shared_ptr<Allocator> make_counted_host_allocator() {
-  static const std::shared_ptr<Allocator> host = make_host_allocator();
-  return std::make_shared<CountedAllocator>(host);
-}
-
-std::uint64_t live_host_bytes() noexcept {
-  return g_live_host_bytes.load(std::memory_order_relaxed);
-}
 
 PythonAllocator::~PythonAllocator() {
   if (python_is_gone()) {

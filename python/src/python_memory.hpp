@@ -1,8 +1,6 @@
-// Allocators the Python package hands to the Loader.
+// The framework allocator the Python package hands to loads (host memory is the engine's own,
+// counted by host_bytes_in_use(), warpload.live_host_bytes()).
 //
-// - make_counted_host_allocator(): host memory (warpload's huge-page host allocator) whose
-//   live bytes are counted process-wide, so tests and users can check that tensors, close()
-//   and cancelled loads leave nothing behind (warpload.live_host_bytes()).
 // - PythonAllocator: memory from a Python callable, e.g. one that allocates a torch uint8
 //   tensor on "cuda:N" so device loads land in PyTorch's caching allocator. The callable gets
 //   a byte count and returns (keepalive_object, data_address); the Buffer holds a reference
@@ -22,9 +20,6 @@
 
 namespace warpload::python {
 
-[[nodiscard]] std::shared_ptr<Allocator> make_counted_host_allocator();
-// Bytes currently held by Buffers from make_counted_host_allocator().
-[[nodiscard]] std::uint64_t live_host_bytes() noexcept;
 
 class PythonAllocator final : public Allocator {
  public:

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
-import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _tensors, _warpload
+from ._options import _OPTION_DEFAULTS, _check_options  # noqa: F401 - re-exported
 from ._progress import Progress, ProgressArg
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-# Keyword options every entry point takes, with the engine's meaning (docs/python.md).
-_OPTION_DEFAULTS: Dict[str, Any] = {
-    "backend": None,        # "auto", "posix", "uring", "mmap", "3fs" (None: the config's, else auto)
-    "direct": False,        # O_DIRECT (posix, uring)
-    "threads": 0,           # storage worker threads (0: backend default)
-    "block_size": 0,        # bytes per read operation (0: backend default)
-    "queue_depth": 0,       # reads in flight per uring thread (0: backend default)
-    "config": None,         # settings file written by `warpload tune`
-    "use_config": True,     # False: ignore every settings file
-    "staging_bytes": 0,     # pinned staging for CUDA loads (0: 256 MiB)
-    "mount_point": None,    # 3FS mount point (None: found per file)
-}
-
-
-def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
-    unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
-    if unknown:
-        raise TypeError(f"unexpected option(s): {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(_OPTION_DEFAULTS))}")
-    merged = dict(_OPTION_DEFAULTS)
-    merged.update(options)
-    return merged
-
 
 def device_name(device: Any) -> str:
     """'cpu' or 'cuda:N' for "cpu", "cuda", "cuda:N", an int N, or a torch.device."""
@@ -293,8 +268,10 @@ def iterate_weights(paths: Union[PathLike, Sequence[PathLike]], device: Any = "c
     tensor may still pin. Without prefetch chunks are memory_limit / 2 and reads wait for the
     caller. Either way warpload's loaded data stays within memory_limit, plus at most one
     tensor larger than a chunk. Tensors the caller keeps pin their chunk (zero-copy).
-    memory_limit None reads one file at a time. A progress callback runs on the thread that
-    reads the chunk.
+    memory_limit None reads one file at a time. The chunks, the read ahead and the bound are
+    the engine's (warpload::ChunkedReader, shared with `warpload load --memory-limit`). A
+    progress callback runs on the thread that reads the chunk (with the GIL); an exception it
+    raises stops the reads and is raised by the iterator.
 
     For device="cuda:N" chunks are read into host memory and each tensor is copied to the
     device by the framework (torch); memory_limit then bounds host memory.
@@ -313,95 +290,34 @@ def iterate_weights(paths: Union[PathLike, Sequence[PathLike]], device: Any = "c
             return _distributed.iterate(_as_paths(paths), process_group, kind, target,
                                         memory_limit, options)
     loader = make_loader(_as_paths(paths), "cpu", "numpy", options)
-    chunks = _plan_chunks(loader.plan(), memory_limit, 3 if prefetch else 2)
-    total = sum(size for _ranges, size in chunks)
-    bar = Progress(progress, total, "warpload")
-    return _iterate(loader, chunks, kind, target, bar, total, prefetch)
+    # The engine's bounded-memory reader (warpload::ChunkedReader): chunks, read-ahead, cancel.
+    bar = Progress(progress, loader.total_bytes, "warpload")
+    reader = _warpload._ChunkReader(loader, memory_limit=memory_limit or 0, prefetch=prefetch,
+                                    progress=bar if bar.active else None)
+    return _iterate(reader, kind, target, bar)
 
 
-def _plan_chunks(plan: List[Any], memory_limit: Optional[int],
-                 parts: int = 2) -> List[Tuple[List[Any], int]]:
-    """[(ranges, bytes)] of at most memory_limit / parts bytes each (a larger tensor alone):
-    each range is (file index, first tensor, one past last tensor)."""
-    budget = None if memory_limit is None else max(memory_limit // parts, 1)
-    chunks: List[Tuple[List[Any], int]] = []
-    ranges: List[Any] = []
-    size = 0
-    for file_index, (_path, tensors, _metadata, _offset, _size) in enumerate(plan):
-        first = 0
-        for i, (_name, _dtype, _shape, begin, end) in enumerate(tensors):
-            nbytes = end - begin
-            if budget is not None and size > 0 and size + nbytes > budget:
-                if i > first:
-                    ranges.append((file_index, first, i))
-                chunks.append((ranges, size))
-                ranges, size, first = [], 0, i
-            size += nbytes
-        if len(tensors) > first:
-            ranges.append((file_index, first, len(tensors)))
-        if budget is None and ranges:
-            chunks.append((ranges, size))
-            ranges, size = [], 0
-    if ranges:
-        chunks.append((ranges, size))
-    return chunks
-
-
-def _iterate(loader: "_warpload._Loader", chunks: List[Tuple[List[Any], int]], kind: str,
-             target: str, bar: Progress, total: int,
-             prefetch: bool = False) -> Iterator[Tuple[str, Any]]:
-    starts = [0]
-    for _ranges, size in chunks:
-        starts.append(starts[-1] + size)
-    stopping = threading.Event()
-
-    def read(index: int) -> List[Any]:
-        if stopping.is_set():
-            return []
-        ranges, _size = chunks[index]
-
-        def tick(chunk_done: int, _chunk_total: int) -> None:
-            bar(starts[index] + chunk_done, total)
-
-        specs = [_warpload._TensorRange(f, a, b) for f, a, b in ranges]
-        views = loader.read_ranges(specs, progress=tick if bar.active else None)
-        if bar.active:
-            bar(starts[index + 1], total)
-        return views
-
-    pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warpload-prefetch")
-            if prefetch and len(chunks) > 1 else None)
-    ahead: Optional["concurrent.futures.Future[List[Any]]"] = None
+def _iterate(reader: "_warpload._ChunkReader", kind: str, target: str,
+             bar: Progress) -> Iterator[Tuple[str, Any]]:
     try:
-        for index in range(len(chunks)):
-            views = ahead.result() if ahead is not None else read(index)
-            ahead = None
-            if pool is not None and index + 1 < len(chunks):
-                ahead = pool.submit(read, index + 1)
-            for per_range in views:
-                per_range.reverse()  # pop() from the end hands tensors out in file order
-                while per_range:
-                    view = per_range.pop()
-                    name = view.name
-                    tensor = _tensors.convert(view, kind)
-                    del view
-                    if target != "cpu":
-                        tensor = tensor.to(target)
-                    yield name, tensor
-                    del tensor  # the caller's reference is the only one left
+        while True:
+            views = reader.next()
+            if views is None:
+                break
+            views.reverse()  # pop() from the end hands tensors out in file order
+            while views:
+                view = views.pop()
+                name = view.name
+                tensor = _tensors.convert(view, kind)
+                del view
+                if target != "cpu":
+                    tensor = tensor.to(target)
+                yield name, tensor
+                del tensor  # the caller's reference is the only one left
             del views
     finally:
         # The caller stopped early (break, an exception, Ctrl-C): stop the chunk being read
-        # ahead and wait for its thread before the loader is released.
-        stopping.set()
-        if ahead is not None:
-            loader.cancel()
-            try:
-                ahead.result()
-            except BaseException:  # its CancelledError, or whatever stopped it: ours wins
-                pass
-            ahead = None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        # ahead and wait for it before returning.
+        reader.cancel()
+        reader.close()
         bar.close()
-        loader.release()

@@ -25,7 +25,8 @@ import errno
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import _api, _warpload
+from . import _warpload
+from ._options import _check_options
 
 
 def is_torch_group(pg: Any) -> bool:
@@ -147,7 +148,7 @@ def make_loader(paths: Sequence[Any], pg: Any, options: Dict[str, Any],
                 shared_storage: bool = False) -> "_warpload._DistributedLoader":
     """A _DistributedLoader over `pg` with every path added. A rank whose add() fails tells
     the others (their load() fails with its message) before raising."""
-    o = _api._check_options(options)
+    o = _check_options(options)
     loader = _warpload._DistributedLoader(
         TorchCollective(pg), backend=o["backend"] or "", direct=bool(o["direct"]),
         threads=int(o["threads"]), block_size=int(o["block_size"]),
@@ -201,19 +202,16 @@ def iterate(paths: Sequence[Any], pg: Any, kind: str, target: str,
     ranks and all-gathered; same chunks and memory bound as the single-process iterator."""
     from . import _tensors
 
-    plan = _api.make_loader(paths, "cpu", "numpy", dict(options)).plan()
-    chunks = _api._plan_chunks(plan, memory_limit)
     loader = make_loader(paths, pg, options)
     try:
-        for ranges, _size in chunks:
+        for ranges, _size, names in loader.plan_chunks(memory_limit or 0, 2):
             loader.load([_warpload._Segment(f, a, b) for f, a, b in ranges], on_request=False)
-            for f, a, b in ranges:
-                for name, *_rest in plan[f][1][a:b]:
-                    tensor = _tensors.convert(loader.tensor(name), kind)
-                    if target != "cpu":
-                        tensor = tensor.to(target)
-                    yield name, tensor
-                    del tensor
+            for name in names:
+                tensor = _tensors.convert(loader.tensor(name), kind)
+                if target != "cpu":
+                    tensor = tensor.to(target)
+                yield name, tensor
+                del tensor
             loader.release()
     finally:
         loader.release()

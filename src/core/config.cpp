@@ -422,4 +422,19 @@ ResolvedSettings apply_config(std::string_view backend, const StorageOptions& ex
   return r;
 }
 
+LoadSettings resolve_settings(std::string_view backend, const StorageOptions& explicit_options,
+                              const std::filesystem::path& explicit_path, bool use_config) {
+  std::optional<TunedSettings> config;
+  LoadSettings out;
+  if (use_config) {
+    if (auto found = find_config_file(explicit_path)) {
+      config = read_config(*found);
+      out.config = *found;
+    }
+  }
+  out.settings = apply_config(backend, explicit_options, config ? &*config : nullptr);
+  if (!out.settings.from_config) out.config.clear();
+  return out;
+}
+
 }  // namespace warpload

@@ -10,12 +10,10 @@
 #include <utility>
 
 #include "common/printable.hpp"
-#include "core/progress_monitor.hpp"
 #include "core/rank_plan.hpp"
-#include "core/staged_pipeline.hpp"
+#include "core/read_executor.hpp"
 #include "core/tensor_view.hpp"
 #include "device/cuda_shim.hpp"
-#include "warpload/config.hpp"
 #include "warpload/device.hpp"
 #include "warpload/distributed.hpp"
 #include "warpload/dtype.hpp"
@@ -129,7 +127,7 @@ struct DistributedLoader::State {
   std::shared_ptr<Collective> collective;
   LoadOptions options;
   DistributedOptions distributed;
-  Loader catalog;  // resolves paths and validates headers; never loads
+  CheckpointPlan catalog;  // files, headers, name index
   std::shared_ptr<Allocator> allocator;         // host buffers
   std::shared_ptr<Allocator> device_allocator;  // device loads (a device collective)
   Device device;
@@ -148,7 +146,7 @@ struct DistributedLoader::State {
   std::shared_ptr<Storage> direct_storage;  // shared_storage reads
   DistributedStats stats;
 
-  explicit State(LoadOptions o) : options(o), catalog(std::move(o)) {}
+  explicit State(LoadOptions o) : options(std::move(o)) {}
 
   int rank() const { return collective->rank(); }
   int world() const { return collective->size(); }
@@ -287,97 +285,40 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
           "Delivery::kOnRequest is host memory only; device loads use Delivery::kAll (shard() "
           "is then a view, nothing moves)");
     }
-    if (on_device) {
-      s.device = device;
-      s.device_allocator = s.options.allocator && s.options.allocator->kind() == MemoryKind::kDevice
-                               ? s.options.allocator
-                               : make_cuda_allocator(device);
-    }
-    Allocator& allocator = on_device ? *s.device_allocator : *s.allocator;
     plan = plan_ranks(files, segments, world, s.distributed.granularity);
     fingerprint = hex(plan.fingerprint());
 
-    std::shared_ptr<Storage> storage = s.options.custom_storage;
-    if (!storage) {
-      std::optional<TunedSettings> config;
-      if (s.options.use_config) {
-        if (auto found = find_config_file(s.options.config)) config = read_config(*found);
-      }
-      const ResolvedSettings settings =
-          apply_config(s.options.backend, s.options.storage, config ? &*config : nullptr);
-      storage = make_storage(settings.backend, settings.storage);
-    }
+    // The one read path (settings, storage, allocator as for Loader: GDS into device memory
+    // where a device load can use it, the backend's own memory such as 3FS iovs for host loads).
+    detail::ReadExecutor executor(s.options, files);
+    s.device = executor.device();
+    if (on_device) s.device_allocator = executor.allocator();
     const std::uint64_t S = plan.slot_bytes;
     const std::uint64_t G = plan.granularity;
     const std::uint64_t size =
         delivery == Delivery::kAll ? S * static_cast<std::uint64_t>(world) : S;
     base = delivery == Delivery::kAll ? 0 : S * static_cast<std::uint64_t>(me);
-    buffer = allocator.allocate(std::max<std::uint64_t>(size, 1), G);
+    buffer = executor.allocator()->allocate(std::max<std::uint64_t>(size, 1), G);
 
-    std::unordered_map<std::size_t, std::unique_ptr<StorageFile>> open;
-    std::vector<ReadRequest> requests;
-    std::vector<detail::StagedFile> staged;  // device loads: the same reads, staged
-    std::uint64_t largest_read = 0;
+    // Stream offsets are congruent to file offsets modulo G, a multiple of every file's
+    // alignment, so each range's aligned superset lands aligned and inside the buffer.
     for (const RankRead& r : plan.reads[static_cast<std::size_t>(me)]) {
       const Segment& seg = plan.segments[r.segment];
       const PlannedFile& planned = files[seg.file];
-      const Header& h = planned.header;
-      auto& file = open[seg.file];
-      if (!file) {
-        file = storage->open(planned.path);
-        if (file->size() != h.file_size) {
-          throw IoError(planned.path.string() + ": file changed size since its header was read (" +
-                            std::to_string(h.file_size) + " -> " + std::to_string(file->size()) +
-                            " bytes)",
-                        0, 0);
-        }
-      }
-      const std::uint64_t a = file->alignment();
+      const std::uint64_t a = executor.alignment(seg.file);
       if (a == 0 || G % a != 0) {
         throw UnsupportedError(planned.path.string() + ": storage alignment " + std::to_string(a) +
                                " does not divide the plan's granularity " + std::to_string(G));
       }
-      const std::uint64_t fo_b = h.data_offset() + r.begin;
-      const std::uint64_t fo_e = h.data_offset() + r.end;
-      const std::uint64_t ab = align_down(fo_b, a);
-      const std::uint64_t ae = align_up(fo_e, a);
       const std::uint64_t stream = plan.stream[r.segment] + (r.begin - plan.data_begin[r.segment]);
-      if (on_device) {
-        staged.push_back(
-            detail::StagedFile{file.get(), ab, ae, fo_b, fo_e, buffer->data() + (stream - base)});
-        largest_read = std::max(largest_read, ae - ab);
-      } else {
-        requests.push_back(
-            ReadRequest{file.get(), ab, ae - ab, buffer->data() + (stream - (fo_b - ab) - base)});
-      }
-      bytes_read += std::min(ae, h.file_size) - ab;
+      executor.add(seg.file, planned.header.data_offset() + r.begin,
+                   planned.header.data_offset() + r.end, buffer->data() + (stream - base));
     }
-    ReadControl control;
-    if (s.options.cancel != nullptr && s.options.cancel->load()) {
-      throw CancelledError((files.empty() ? std::string("load") : files.front().path.string()) +
-                           ": load cancelled");
-    }
-    const auto start = std::chrono::steady_clock::now();
-    {
-      // Progress (this rank's bytes) and LoadOptions::cancel, as in Loader: a cancelled rank
-      // fails its reads, and the error agreement below then fails every rank.
-      const detail::ProgressMonitor monitor(s.options.on_progress, control, plan.rank_bytes(me),
-                                            s.options.cancel);
-      if (!requests.empty()) storage->read(requests, &control);
-      if (!staged.empty()) {
-        detail::run_staged_load(
-            *storage, staged, device,
-            detail::plan_staging_from_env(s.options.staging_bytes, largest_read), &control);
-      }
-    }
-    read_stats.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    // Progress is this rank's bytes; a cancelled rank fails its reads, and the error agreement
+    // below then fails every rank.
+    read_stats = executor.run(plan.rank_bytes(me));
     read_stats.bytes = plan.rank_bytes(me);
-    read_stats.backend = storage->capabilities().name;
-    read_stats.device = device.name();
-    read_stats.files = open.size();
-    read_stats.direct_files = static_cast<std::size_t>(
-        std::count_if(open.begin(), open.end(), [](const auto& f) { return f.second->direct(); }));
+    bytes_read = executor.bytes_read();
   } catch (...) {
     local = std::current_exception();
   }
@@ -508,12 +449,7 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
   const detail::BlockBytes& mine = blocks[static_cast<std::size_t>(me)];
 
   if (s.delivery == Delivery::kAll) {
-    TensorView v = tensor(name);
-    v.shape[mine.dim] = mine.end - mine.begin;
-    v.contiguous = mine.rows <= 1;
-    v.data += mine.offset;
-    v.nbytes = mine.bytes() == 0 ? 0 : (mine.rows - 1) * mine.row_stride + mine.length;
-    return v;
+    return detail::block_view(tensor(name), mine);
   }
 
   TensorView v;

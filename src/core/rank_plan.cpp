@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/align.hpp"
 #include "common/printable.hpp"
 #include "warpload/dtype.hpp"
 #include "warpload/error.hpp"
@@ -10,7 +11,7 @@
 namespace warpload {
 namespace {
 
-std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+using detail::align_up;
 
 // FNV-1a over 64-bit words: a digest, not a security measure.
 struct Fnv {
@@ -179,6 +180,14 @@ void for_each_overlap(const BlockBytes& block, std::uint64_t lo, std::uint64_t h
     const std::uint64_t to = std::min(z, hi);
     if (from < to) fn(from, o * block.length + (from - a), to - from);
   }
+}
+
+TensorView block_view(TensorView whole, const BlockBytes& block) {
+  whole.shape[block.dim] = block.end - block.begin;
+  whole.contiguous = block.rows <= 1;
+  whole.data += block.offset;
+  whole.nbytes = block.bytes() == 0 ? 0 : (block.rows - 1) * block.row_stride + block.length;
+  return whole;
 }
 
 }  // namespace detail

@@ -8,6 +8,7 @@
 
 #include "warpload/distributed.hpp"
 #include "warpload/format.hpp"
+#include "warpload/tensor_view.hpp"
 
 namespace warpload::detail {
 
@@ -36,5 +37,10 @@ struct BlockBytes {
 // [lo, hi) (tensor-relative offsets), in order; block_offset counts bytes of the block.
 void for_each_overlap(const BlockBytes& block, std::uint64_t lo, std::uint64_t hi,
                       const std::function<void(std::uint64_t, std::uint64_t, std::uint64_t)>& fn);
+
+// The view of `block` inside `whole`, the whole tensor's view (same memory, zero copy): the
+// split dimension shortened, the data moved to the block's first byte, strides kept (so a
+// block of several rows is strided).
+[[nodiscard]] TensorView block_view(TensorView whole, const BlockBytes& block);
 
 }  // namespace warpload::detail

@@ -10,7 +10,15 @@
 #include "warpload/dtype.hpp"
 #include "warpload/error.hpp"
 
-namespace warpload::detail {
+namespace warpload {
+
+std::uint64_t TensorView::numel() const noexcept {
+  std::uint64_t n = 1;
+  for (auto d : shape) n *= static_cast<std::uint64_t>(d);
+  return n;
+}
+
+namespace detail {
 
 TensorView make_tensor_view(const TensorInfo& t, std::byte* data,
                             std::shared_ptr<const Buffer> owner, const std::string& file) {
@@ -63,4 +71,5 @@ std::shared_ptr<Buffer> realigned_copy(Allocator& allocator, const TensorInfo& t
   return side;
 }
 
-}  // namespace warpload::detail
+}  // namespace detail
+}  // namespace warpload

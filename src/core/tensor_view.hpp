@@ -8,8 +8,8 @@
 #include <string>
 
 #include "warpload/format.hpp"
-#include "warpload/loader.hpp"
 #include "warpload/memory.hpp"
+#include "warpload/tensor_view.hpp"
 
 namespace warpload::detail {
 

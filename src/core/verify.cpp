@@ -63,6 +63,12 @@ void read_range(int fd, std::byte* dest, std::size_t size, std::uint64_t offset,
 
 void verify_loaded_file(const std::filesystem::path& path, const Header& header, int device_index,
                         const LoadedTensorBytes& loaded) {
+  verify_loaded_tensors(path, header, 0, header.tensors.size(), device_index, loaded);
+}
+
+void verify_loaded_tensors(const std::filesystem::path& path, const Header& header,
+                           std::size_t first, std::size_t last, int device_index,
+                           const LoadedTensorBytes& loaded) {
   const std::string file = path.string();
   const UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
@@ -82,17 +88,23 @@ void verify_loaded_file(const std::filesystem::path& path, const Header& header,
                   0, 0);
   }
 
-  const std::uint64_t data_size = header.data_size();
-  const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(data_size, kChunk));
+  last = std::min(last, header.tensors.size());
+  if (first >= last) return;
+  // Tensors tile the data section, so [first, last) is one byte range of it.
+  const std::uint64_t range_begin = header.tensors[first].begin;
+  const std::uint64_t range_end = header.tensors[last - 1].end;
+  const std::size_t chunk =
+      static_cast<std::size_t>(std::min<std::uint64_t>(range_end - range_begin, kChunk));
   std::vector<std::byte> from_file(chunk);
   std::vector<std::byte> from_device(device_index >= 0 ? chunk : 0);
-  auto tensor = header.tensors.begin();
-  for (std::uint64_t at = 0; at < data_size; at += chunk) {
+  auto tensor = header.tensors.begin() + static_cast<std::ptrdiff_t>(first);
+  const auto tensors_end = header.tensors.begin() + static_cast<std::ptrdiff_t>(last);
+  for (std::uint64_t at = range_begin; at < range_end; at += chunk) {
     const std::size_t size =
-        static_cast<std::size_t>(std::min<std::uint64_t>(chunk, data_size - at));
+        static_cast<std::size_t>(std::min<std::uint64_t>(chunk, range_end - at));
     read_range(fd.get(), from_file.data(), size, header.data_offset() + at, file);
     // Compare each tensor's part of [at, at + size).
-    for (; tensor != header.tensors.end() && tensor->begin < at + size; ++tensor) {
+    for (; tensor != tensors_end && tensor->begin < at + size; ++tensor) {
       const std::uint64_t begin = std::max(tensor->begin, at);
       const std::uint64_t end = std::min(tensor->end, at + size);
       if (begin < end) {

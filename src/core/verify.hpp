@@ -23,4 +23,10 @@ using LoadedTensorBytes = std::function<const std::byte*(const TensorInfo& tenso
 void verify_loaded_file(const std::filesystem::path& path, const Header& header, int device_index,
                         const LoadedTensorBytes& loaded);
 
+// As verify_loaded_file() for tensors [first, last) of `header` only (consecutive in data
+// order): what a chunked read holds at a time.
+void verify_loaded_tensors(const std::filesystem::path& path, const Header& header,
+                           std::size_t first, std::size_t last, int device_index,
+                           const LoadedTensorBytes& loaded);
+
 }  // namespace warpload::detail

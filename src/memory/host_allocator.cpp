@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -37,11 +38,18 @@ std::size_t round_up(std::size_t value, std::size_t alignment) noexcept {
   return (value + alignment - 1) & ~(alignment - 1);
 }
 
+std::atomic<std::uint64_t> g_bytes_in_use{0};
+
 class MappedBuffer final : public Buffer {
  public:
   MappedBuffer(std::byte* data, std::size_t size, std::size_t mapped) noexcept
-      : Buffer(data, size, MemoryKind::kHost), mapped_(mapped) {}
-  ~MappedBuffer() override { ::munmap(data(), mapped_); }
+      : Buffer(data, size, MemoryKind::kHost), mapped_(mapped) {
+    g_bytes_in_use.fetch_add(size, std::memory_order_relaxed);
+  }
+  ~MappedBuffer() override {
+    ::munmap(data(), mapped_);
+    g_bytes_in_use.fetch_sub(size(), std::memory_order_relaxed);
+  }
 
  private:
   std::size_t mapped_;  // bytes mapped at data(): size() rounded up to whole pages
@@ -104,6 +112,10 @@ class HostAllocator final : public Allocator {
 
 std::shared_ptr<Allocator> make_host_allocator(HostAllocatorOptions options) {
   return std::make_shared<HostAllocator>(options);
+}
+
+std::uint64_t host_bytes_in_use() noexcept {
+  return g_bytes_in_use.load(std::memory_order_relaxed);
 }
 
 }  // namespace warpload
