@@ -562,6 +562,79 @@ TEST_F(CliTest, LoadJsonWithoutHashListsTensorsOnly) {
 
 // ---- failures ----
 
+// A sparse checkpoint: `count` U8 tensors of `each` bytes whose data section is a hole (reads
+// as zeros, no disk used).
+void write_sparse_checkpoint(const fs::path& path, int count, std::uint64_t each) {
+  std::string header = "{";
+  for (int i = 0; i < count; ++i) {
+    header += (i ? "," : "") + std::string("\"t") + std::to_string(i) +
+              "\":{\"dtype\":\"U8\",\"shape\":[" + std::to_string(each) +
+              "],\"data_offsets\":[" + std::to_string(each * i) + "," +
+              std::to_string(each * (i + 1)) + "]}";
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::ofstream out(path, std::ios::binary);
+  const std::uint64_t n = header.size();
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << header;
+  out.close();
+  fs::resize_file(path, 8 + header.size() + each * static_cast<std::uint64_t>(count));
+}
+
+std::uint64_t json_peak_rss(const CliResult& r) {
+  const Json json = parse_json(r.out);
+  return std::uint64_t(json.root["peak_rss_bytes"]);
+}
+
+// --memory-limit: a checkpoint 4x the limit is loaded, hashed, verified and checked against a
+// manifest while the process's peak RSS stays under its own baseline + the limit + 24 MiB
+// (the read-ahead's bound is the limit; the slack covers the verify buffer and allocator
+// rounding). Without the limit the same load holds the whole checkpoint: the check can fail.
+TEST_F(CliTest, MemoryLimitBoundsPeakRssWhileHashingAndVerifying) {
+  const TempDir dir;
+  constexpr std::uint64_t kMiB = 1 << 20;
+  const std::uint64_t limit = 64 * kMiB;
+  write_sparse_checkpoint(dir / "big.safetensors", 64, 4 * kMiB);  // 256 MiB: 4x the limit
+  write_sparse_checkpoint(dir / "tiny.safetensors", 1, 4096);
+  const CliResult base = run_cli({"load", (dir / "tiny.safetensors").string(), "--json",
+                                  "--backend", "posix"});
+  ASSERT_EQ(base.status, 0) << describe(base);
+  const CliResult manifest = run_cli({"hash", (dir / "big.safetensors").string()});
+  ASSERT_EQ(manifest.status, 0) << describe(manifest);
+  std::ofstream(dir / "manifest.json") << manifest.out;
+
+  const CliResult bounded =
+      run_cli({"load", (dir / "big.safetensors").string(), "--memory-limit", "64MiB", "--hash",
+               "--verify", "--manifest", (dir / "manifest.json").string(), "--json", "--backend",
+               "posix"});
+  ASSERT_EQ(bounded.status, 0) << describe(bounded);
+  const Json json = parse_json(bounded.out);
+  EXPECT_EQ(std::uint64_t(json.root["bytes"]), 256 * kMiB);
+  EXPECT_EQ(std::uint64_t(json.root["memory_limit"]), limit);
+  EXPECT_GE(std::uint64_t(json.root["chunks"]), 12u);
+  const std::string zeros(4 * kMiB, '\0');
+  std::size_t tensors = 0;
+  for (simdjson::dom::element t : simdjson::dom::array(json.root["tensors"])) {
+    ++tensors;
+    EXPECT_EQ(json_string(t["xxh3_64"]), hex64(XXH3_64bits(zeros.data(), zeros.size())));
+  }
+  EXPECT_EQ(tensors, 64u);
+  const std::uint64_t peak = json_peak_rss(bounded);
+  const std::uint64_t baseline = json_peak_rss(base);
+  EXPECT_LE(peak, baseline + limit + 24 * kMiB)
+      << "peak " << peak / kMiB << " MiB, baseline " << baseline / kMiB << " MiB";
+
+  const CliResult whole =
+      run_cli({"load", (dir / "big.safetensors").string(), "--json", "--backend", "posix"});
+  ASSERT_EQ(whole.status, 0) << describe(whole);
+  EXPECT_GT(json_peak_rss(whole), baseline + 256 * kMiB - 8 * kMiB) << "the check can fail";
+
+  const CliResult device = run_cli({"load", (dir / "tiny.safetensors").string(),
+                                    "--memory-limit", "1MiB", "--device", "cuda:0"});
+  EXPECT_EQ(device.status, 2) << describe(device);
+}
+
 TEST_F(CliTest, MissingPathIsNotFound) {
   const std::string missing = (scratch() / "no-such-model").string();
   for (const char* command : {"inspect", "load", "bench"}) {

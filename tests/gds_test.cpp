@@ -28,6 +28,7 @@
 #include "support/random_checkpoint.hpp"
 #include "support/reference_reader.hpp"
 #include "support/temp_dir.hpp"
+#include "support/thread_collective.hpp"
 #include "warpload/warpload.hpp"
 
 namespace warpload {
@@ -302,6 +303,57 @@ TEST_F(GdsTest, GdsLoadIsByteExactOnEveryDevice) {
     EXPECT_GT(f.buffer_reads(), 0);    // through the registered destination
     EXPECT_EQ(f.live_handles(), 0);    // deregistered when the load finished
     EXPECT_EQ(f.live_buffers(), 0);
+  }
+}
+
+// The one read path: a multi-rank device load picks GDS exactly where Loader does, and each
+// rank's cuFileReads land its slice of the stream straight in the shared device buffer.
+TEST_F(GdsTest, DistributedLoaderReadsThroughGdsLikeLoader) {
+  SKIP_ON_REAL_GPU();  // the real NCCL path: distributed_test's Nccl.* on the GPU machine
+  TempDir dir;
+  const auto files = write_checkpoint(dir);
+  for (const int world : {1, 2, 3}) {
+    SCOPED_TRACE("world " + std::to_string(world));
+    const long long reads_before = Fakes::get().reads();
+    std::vector<std::string> backends(static_cast<std::size_t>(world));
+    const auto errors = testing::run_ranks(
+        world, std::chrono::seconds(30),
+        [&](int rank, const std::shared_ptr<Collective>& collective) {
+          DistributedOptions d;
+          d.round_bytes = 64 << 10;
+          DistributedLoader loader(collective, device_options("gds"), d);
+          loader.add(dir.path());
+          const LoadStats stats = loader.load(Delivery::kAll);
+          backends[static_cast<std::size_t>(rank)] = stats.backend;
+          EXPECT_TRUE(stats.gds_fallback.empty()) << stats.gds_fallback;
+          for (const fs::path& file : files) {
+            const testing::ReferenceFile reference = testing::read_reference_header(file);
+            for (const auto& [name, tensor] : reference.tensors) {
+              const std::string expected = testing::read_reference_tensor(file, reference, name);
+              const TensorView v = loader.tensor(name);
+              EXPECT_EQ(v.memory, MemoryKind::kDevice) << name;
+              ASSERT_EQ(v.nbytes, expected.size()) << name;
+              EXPECT_EQ(reinterpret_cast<std::uintptr_t>(v.data) % dtype_alignment(v.dtype), 0u)
+                  << name;
+              if (expected.empty()) continue;
+              std::string back(expected.size(), '\0');
+              detail::copy_to_host(back.data(), v.data, back.size(), 0);
+              EXPECT_TRUE(back == expected) << name;
+            }
+          }
+        },
+        MemoryKind::kDevice);
+    for (const auto& e : errors) {
+      if (!e) continue;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        ADD_FAILURE() << x.what();
+      }
+    }
+    for (const std::string& backend : backends) EXPECT_EQ(backend, "gds");
+    EXPECT_GT(Fakes::get().reads(), reads_before);  // the bytes came through cuFileRead
+    EXPECT_EQ(Fakes::get().live_handles(), 0);  // every rank deregistered its files
   }
 }
 

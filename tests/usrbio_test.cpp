@@ -25,6 +25,7 @@
 #include "storage/hf3fs_shim.hpp"
 #include "support/process_counters.hpp"
 #include "support/temp_dir.hpp"
+#include "support/thread_collective.hpp"
 #include "warpload/warpload.hpp"
 
 namespace warpload {
@@ -341,6 +342,50 @@ TEST_F(Usrbio, TargetDecidesWhereTheBytesLive) {
   EXPECT_EQ(resolve_usrbio_target(UsrbioTarget::kIov), UsrbioTarget::kIov);
   EXPECT_EQ(resolve_usrbio_target(UsrbioTarget::kStaging), UsrbioTarget::kStaging);
   EXPECT_NE(resolve_usrbio_target(UsrbioTarget::kAuto), UsrbioTarget::kAuto);
+}
+
+// The one read path: a multi-rank host load through 3fs reads into iovs exactly where Loader
+// does (zero copy: the ranks' stream buffers are iovs while the loaders hold them), and each
+// rank's slice lands at its place in the stream.
+TEST_F(Usrbio, DistributedLoaderReadsZeroCopyIntoIovs) {
+  const WrittenFile a = write_file(mount_ / "a.safetensors", 3, (1 << 20) + 333, 5);
+  const WrittenFile b = write_file(mount_ / "b.safetensors", 2, 70000, 6);
+  for (const int world : {1, 2, 3}) {
+    SCOPED_TRACE("world " + std::to_string(world));
+    std::vector<std::size_t> links_held(static_cast<std::size_t>(world));
+    std::vector<std::string> backends(static_cast<std::size_t>(world));
+    const auto errors = testing::run_ranks(
+        world, std::chrono::seconds(30), [&](int rank, const std::shared_ptr<Collective>& c) {
+          DistributedLoader loader(c, options_3fs());
+          loader.add(a.path);
+          loader.add(b.path);
+          backends[static_cast<std::size_t>(rank)] = loader.load(Delivery::kAll).backend;
+          for (const WrittenFile* file : {&a, &b}) {
+            for (const auto& [name, expected] : file->bytes) {
+              const TensorView view = loader.tensor(name);
+              ASSERT_EQ(view.nbytes, expected.size()) << name;
+              EXPECT_EQ(std::memcmp(view.data, expected.data(), expected.size()), 0) << name;
+            }
+          }
+          links_held[static_cast<std::size_t>(rank)] =
+              count_entries((mount_.path() / "3fs-virt" / "iovs").c_str());
+          (void)c->all_gather_status("");  // every rank counts while every loader holds its iov
+        });
+    for (const auto& e : errors) {
+      if (!e) continue;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        ADD_FAILURE() << x.what();
+      }
+    }
+    for (int r = 0; r < world; ++r) {
+      EXPECT_EQ(backends[static_cast<std::size_t>(r)], "3fs");
+      // Each rank's stream buffer is an iov of its own (staging iovs are gone after a read).
+      EXPECT_GE(links_held[static_cast<std::size_t>(r)], 1u);
+    }
+  }
+  expect_nothing_leaked();
 }
 
 // The emulator refuses an I/O that crosses an iov block (as 3FS does); the backend avoids it.

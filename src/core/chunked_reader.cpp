@@ -177,6 +177,10 @@ std::optional<std::vector<TensorView>> ChunkedReader::next() {
   s.stats.seconds += chunk.stats.seconds;
   s.stats.verify_seconds += chunk.stats.verify_seconds;
   s.stats.files = chunk.stats.files;
+  s.stats.config = chunk.stats.config;
+  s.stats.storage = chunk.stats.storage;
+  s.stats.gds_fallback = chunk.stats.gds_fallback;
+  s.stats.gds_compat_mode = chunk.stats.gds_compat_mode;
   s.stats.direct_files = chunk.stats.direct_files;
   s.next_index = index + 1;
   s.chunk_start += s.chunks[index].bytes;

@@ -298,21 +298,28 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     const std::uint64_t size =
         delivery == Delivery::kAll ? S * static_cast<std::uint64_t>(world) : S;
     base = delivery == Delivery::kAll ? 0 : S * static_cast<std::uint64_t>(me);
+    // Open (and size-check) this rank's files first: a backend learns from them where its own
+    // memory must come from (3FS iovs belong to the files' mount).
+    const auto& reads = plan.reads[static_cast<std::size_t>(me)];
+    for (const RankRead& r : reads) {
+      const Segment& seg = plan.segments[r.segment];
+      const std::uint64_t a = executor.alignment(seg.file);
+      if (a == 0 || G % a != 0) {
+        throw UnsupportedError(files[seg.file].path.string() + ": storage alignment " +
+                               std::to_string(a) + " does not divide the plan's granularity " +
+                               std::to_string(G));
+      }
+    }
     buffer = executor.allocator()->allocate(std::max<std::uint64_t>(size, 1), G);
 
     // Stream offsets are congruent to file offsets modulo G, a multiple of every file's
     // alignment, so each range's aligned superset lands aligned and inside the buffer.
-    for (const RankRead& r : plan.reads[static_cast<std::size_t>(me)]) {
+    for (const RankRead& r : reads) {
       const Segment& seg = plan.segments[r.segment];
-      const PlannedFile& planned = files[seg.file];
-      const std::uint64_t a = executor.alignment(seg.file);
-      if (a == 0 || G % a != 0) {
-        throw UnsupportedError(planned.path.string() + ": storage alignment " + std::to_string(a) +
-                               " does not divide the plan's granularity " + std::to_string(G));
-      }
+      const Header& h = files[seg.file].header;
       const std::uint64_t stream = plan.stream[r.segment] + (r.begin - plan.data_begin[r.segment]);
-      executor.add(seg.file, planned.header.data_offset() + r.begin,
-                   planned.header.data_offset() + r.end, buffer->data() + (stream - base));
+      executor.add(seg.file, h.data_offset() + r.begin, h.data_offset() + r.end,
+                   buffer->data() + (stream - base));
     }
     // Progress is this rank's bytes; a cancelled rank fails its reads, and the error agreement
     // below then fails every rank.

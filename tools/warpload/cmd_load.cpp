@@ -1,6 +1,6 @@
 // warpload load PATH... [--backend NAME] [--direct] [--threads N] [--block-size B]
 //                       [--queue-depth Q] [--config FILE] [--device DEV] [--staging SIZE]
-//                       [--hash] [--json] [--verify] [--manifest FILE]
+//                       [--hash] [--json] [--verify] [--manifest FILE] [--memory-limit SIZE]
 
 #include <fmt/core.h>
 #include <sys/resource.h>
@@ -21,6 +21,7 @@
 #include "progress.hpp"
 #include "text_table.hpp"
 #include "units.hpp"
+#include "warpload/chunked.hpp"
 #include "warpload/config.hpp"
 #include "warpload/device.hpp"
 #include "warpload/loader.hpp"
@@ -102,7 +103,7 @@ struct DeviceLoadMemory {
 void print_json(const LoadCommandOptions& options, const LoadStats& stats,
                 const std::vector<LoadedTensor>& tensors, double wall_seconds,
                 const std::optional<DeviceLoadMemory>& device_memory,
-                std::uint64_t staging_bytes) {
+                std::uint64_t staging_bytes, std::size_t chunks) {
   std::string out;
   JsonWriter w(out);
   w.begin_object()
@@ -128,6 +129,10 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
   }
   if (options.verify) w.field("verify_seconds", stats.verify_seconds);
   if (!options.manifest.empty()) w.field("manifest", options.manifest.string());
+  if (options.memory_limit != 0) {
+    w.field("memory_limit", options.memory_limit)
+        .field("chunks", static_cast<std::uint64_t>(chunks));
+  }
   w.key("config");
   if (stats.config.empty()) {
     w.null();
@@ -164,14 +169,14 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
   fmt::print("{}", out);
 }
 
-void print_text(const LoadCommandOptions& options, const Loader& loader, const LoadStats& stats,
-                const std::vector<LoadedTensor>& tensors,
+void print_text(const LoadCommandOptions& options, const std::vector<PlannedFile>& files,
+                const LoadStats& stats, const std::vector<LoadedTensor>& tensors,
                 const std::optional<DeviceLoadMemory>& device_memory,
-                std::uint64_t staging_bytes) {
+                std::uint64_t staging_bytes, std::size_t chunks) {
   std::string out;
   if (options.hash) {
-    const bool several_files = loader.files().size() > 1;
-    const auto labels = file_labels(loader.files());
+    const bool several_files = files.size() > 1;
+    const auto labels = file_labels(files);
     std::vector<TextTable::Column> columns = {
         {"NAME"}, {"DTYPE"}, {"SHAPE"}, {"BYTES", TextTable::kRight}, {"XXH3_64"}};
     if (several_files) {
@@ -195,6 +200,10 @@ void print_text(const LoadCommandOptions& options, const Loader& loader, const L
                      stats.files == 1 ? "" : "s", format_seconds(stats.seconds), stats.gbps(),
                      describe_backend(stats, stats.storage.direct));
   if (stats.device != "cpu") out += fmt::format("device: {}\n", stats.device);
+  if (options.memory_limit != 0) {
+    out += fmt::format("memory limit {}: {} chunk{}, each read while the previous one was used\n",
+                       format_bytes(options.memory_limit), chunks, chunks == 1 ? "" : "s");
+  }
   if (device_memory) {
     const auto over = [&stats](std::uint64_t used) {
       return stats.bytes ? (static_cast<double>(used) / static_cast<double>(stats.bytes) - 1) * 100
@@ -245,6 +254,60 @@ std::string describe_backend(const LoadStats& stats, bool direct) {
                      stats.backend, stats.direct_files, stats.files, plural);
 }
 
+namespace {
+
+// Checks the manifest, then prints: shared by whole and chunked loads.
+void finish_load(const LoadCommandOptions& options, const std::vector<PlannedFile>& files,
+                 const LoadStats& stats, const std::vector<LoadedTensor>& tensors,
+                 const std::optional<Manifest>& manifest, double wall_seconds,
+                 const std::optional<DeviceLoadMemory>& device_memory,
+                 std::uint64_t staging_bytes, std::size_t chunks) {
+  if (manifest) {
+    std::vector<TensorDigest> digests;
+    for (const LoadedTensor& t : tensors) digests.push_back({t.file, t.info, t.xxh3});
+    check_manifest(*manifest, digests);
+  }
+  if (options.json) {
+    print_json(options, stats, tensors, wall_seconds, device_memory, staging_bytes, chunks);
+  } else {
+    print_text(options, files, stats, tensors, device_memory, staging_bytes, chunks);
+  }
+}
+
+// --memory-limit: the engine's ChunkedReader; each chunk is hashed (and verified by the reader)
+// while the next one is read, and dropped before the one after it is read.
+void run_chunked_load(const LoadCommandOptions& options, LoadOptions load_options,
+                      const std::optional<Manifest>& manifest, ProgressBar& bar) {
+  if (Device::parse(options.device).is_cuda()) {
+    throw UsageError(
+        "--memory-limit bounds host memory; a device load already holds only its staging ring "
+        "(--staging) in host memory");
+  }
+  auto plan = std::make_shared<CheckpointPlan>();
+  plan->add(options.paths);
+  const auto wall_start = std::chrono::steady_clock::now();
+  ChunkedReader reader(plan, std::move(load_options), ChunkOptions{options.memory_limit, true});
+  std::vector<LoadedTensor> tensors;
+  tensors.reserve(plan->keys().size());
+  while (auto chunk = reader.next()) {
+    for (const TensorView& view : *chunk) {
+      const TensorLocation where = plan->find(view.name);
+      LoadedTensor t{&plan->files()[where.file], &plan->info(where), 0};
+      if (options.hash || manifest) t.xxh3 = XXH3_64bits(view.data, view.nbytes);
+      tensors.push_back(t);
+    }
+  }
+  const double wall_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  bar.finish();
+  LoadStats stats = reader.stats();
+  stats.files = plan->files().size();
+  finish_load(options, plan->files(), stats, tensors, manifest, wall_seconds, std::nullopt,
+              0, reader.chunks().size());
+}
+
+}  // namespace
+
 void run_load(const LoadCommandOptions& options) {
   bool to_device = false;
   try {
@@ -293,6 +356,10 @@ void run_load(const LoadCommandOptions& options) {
       options.manifest.empty() ? std::nullopt : std::optional(read_manifest(options.manifest));
 
   const std::uint64_t staging_bytes = load_options.staging_bytes;
+  if (options.memory_limit != 0) {
+    run_chunked_load(options, std::move(load_options), manifest, bar);
+    return;
+  }
   const Device device = Device::parse(options.device);
   std::optional<DeviceLoadMemory> device_memory;
   Loader loader(std::move(load_options));
@@ -325,17 +392,8 @@ void run_load(const LoadCommandOptions& options) {
       tensors.push_back(t);
     }
   }
-  if (manifest) {
-    std::vector<TensorDigest> digests;
-    for (const LoadedTensor& t : tensors) digests.push_back({t.file, t.info, t.xxh3});
-    check_manifest(*manifest, digests);
-  }
-
-  if (options.json) {
-    print_json(options, stats, tensors, wall_seconds, device_memory, staging_bytes);
-  } else {
-    print_text(options, loader, stats, tensors, device_memory, staging_bytes);
-  }
+  finish_load(options, loader.files(), stats, tensors, manifest, wall_seconds, device_memory,
+              staging_bytes, 0);
 }
 
 }  // namespace warpload::cli

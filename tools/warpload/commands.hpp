@@ -46,6 +46,9 @@ struct LoadCommandOptions {
   bool json = false;
   bool verify = false;             // LoadOptions::verify: re-read every tensor and compare
   std::filesystem::path manifest;  // --manifest FILE: check every tensor's XXH3-64 against it
+  // --memory-limit: read through a ChunkedReader so loaded bytes stay within this; 0 = whole
+  // checkpoint at once (Loader).
+  std::uint64_t memory_limit = 0;
 };
 void run_load(const LoadCommandOptions& options);
 

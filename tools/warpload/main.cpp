@@ -162,6 +162,12 @@ int run(int argc, char** argv) {
   load_cmd->add_option("--manifest", load.manifest,
                        "check every tensor's XXH3-64 against a manifest from `warpload hash` "
                        "(a difference: exit 3)");
+  load_cmd
+      ->add_option("--memory-limit", load.memory_limit,
+                   "read in chunks so that loaded tensor bytes never exceed this, e.g. 2GiB "
+                   "(the next chunk is read while the current one is hashed or verified); for "
+                   "checkpoints larger than memory")
+      ->transform(size_transform());
 
   std::vector<std::string> hash_paths;
   cli::HashOptions hash;
