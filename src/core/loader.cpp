@@ -11,7 +11,7 @@
 #include <unordered_map>
 
 #include "common/printable.hpp"
-#include "core/device_storage.hpp"
+#include "storage/device_storage.hpp"
 #include "core/file_set.hpp"
 #include "core/progress_monitor.hpp"
 #include "core/staged_pipeline.hpp"
