@@ -782,6 +782,18 @@ class ScopedEnv {
   std::optional<std::string> old_;
 };
 
+// A registered backend that cannot run here is refused with the registry's reason (exit 6,
+// unsupported), not as an unknown name: for 3fs, the client library path tried and the
+// variable to set.
+TEST_F(CliTest, UnavailableBackendPrintsTheRegistryReason) {
+  const std::string missing = "/nonexistent/libhf3fs_api_shared.so";
+  const ScopedEnv library("WARPLOAD_HF3FS_LIB", missing);
+  const CliResult r = run_cli({"load", checkpoint().string(), "--backend", "3fs"});
+  expect_failure(r, 6, missing);
+  EXPECT_NE(r.err.find("WARPLOAD_HF3FS_LIB"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("unknown"), std::string::npos) << r.err;
+}
+
 TEST_F(CliTest, TuneWritesAConfigThatLoadUses) {
   const fs::path config = scratch() / "tuned" / "config.json";
   const CliResult tune =

@@ -250,7 +250,9 @@ TEST_F(Usrbio, ConfiguredMountOtherThanTheFilesFailsRegistration) {
   expect_nothing_leaked();
 }
 
-TEST_F(Usrbio, MissingLibraryIsNotFound) {
+// A missing client library is a missing capability (UnsupportedError, like every shim's), not
+// a missing file: the message names the path tried and the variables to set.
+TEST_F(Usrbio, MissingLibraryIsUnsupportedNamingIt) {
   const std::string missing = (mount_ / "no-such-lib.so").string();
   setenv("WARPLOAD_HF3FS_LIB", missing.c_str(), 1);
   EXPECT_FALSE(detail::hf3fs_available());
@@ -258,15 +260,16 @@ TEST_F(Usrbio, MissingLibraryIsNotFound) {
   EXPECT_EQ(std::find(names.begin(), names.end(), "3fs"), names.end());
   try {
     static_cast<void>(make_storage("3fs"));
-    FAIL() << "expected NotFoundError";
-  } catch (const NotFoundError& e) {
+    FAIL() << "expected UnsupportedError";
+  } catch (const UnsupportedError& e) {
     EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("WARPLOAD_HF3FS_LIB"), std::string::npos) << e.what();
   }
   // HF3FS_LIB_DIR is the fallback when WARPLOAD_HF3FS_LIB is unset.
   unsetenv("WARPLOAD_HF3FS_LIB");
   setenv("HF3FS_LIB_DIR", mount_.path().c_str(), 1);
   EXPECT_EQ(detail::hf3fs_library_path(), (mount_.path() / "libhf3fs_api_shared.so").string());
-  EXPECT_THROW(static_cast<void>(make_storage("3fs")), NotFoundError);
+  EXPECT_THROW(static_cast<void>(make_storage("3fs")), UnsupportedError);
   setenv("HF3FS_LIB_DIR", fs::path(WARPLOAD_USRBIO_EMULATOR).parent_path().c_str(), 1);
   EXPECT_NO_THROW(static_cast<void>(make_storage("3fs")));
   unsetenv("HF3FS_LIB_DIR");

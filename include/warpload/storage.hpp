@@ -1,22 +1,21 @@
 // Storage backends: how bytes get from a file into destination memory.
 //
-// One interface, many backends, created by name:
-//   "posix"  thread pool of chunked pread()s straight into the destination
-//   "uring"  io_uring, many reads in flight per thread, registered files
-//   "mmap"   map the file and memcpy out of it (what the reference safetensors does; baseline)
-//   "auto"   per file: buffered when the file is already in the page cache, uring + O_DIRECT
-//            when it is cold and large
-//   "gds"    GPUDirect Storage (cuFile, loaded at run time): parallel cuFileRead()s straight
-//            into CUDA device memory; device loads only (see docs/architecture.md)
-// StorageOptions::direct opens files with O_DIRECT (posix, uring): every read then has the
-// file's alignment() for its offset, length and destination; callers read the aligned
-// superset of what they need and place tensors inside it.
+// One interface, many backends, each registered once in the storage layer's backend table
+// with its name, a one-line summary and what it can do (BackendInfo). storage_backends() lists
+// them, make_storage() creates one by name, backend_unavailable_reason() says why one cannot
+// run here; the CLI, the Python bindings and the tests list and validate backends through
+// these, never by comparing names. The registered backends today: posix, uring, mmap, auto,
+// 3fs (3FS USRBIO) and gds (GPUDirect Storage, device loads only); docs/architecture.md has
+// the table. StorageOptions::direct opens files with O_DIRECT (backends with takes_direct):
+// every read then has the file's alignment() for its offset, length and destination; callers
+// read the aligned superset of what they need and place tensors inside it.
 //
 // Test doubles (fault injection, tracing) are decorators built on StorageWrapper.
 //
 // Ownership: a Storage owns its worker threads and rings. A StorageFile owns its descriptor
 // (and mapping); it must outlive every read that names it. Thread safety: open() and read()
-// may be called from several threads; a single read() call is itself parallel inside.
+// may be called from several threads; a single read() call is itself parallel inside. The
+// registry functions may be called from any thread.
 #pragma once
 
 #include <atomic>
@@ -60,7 +59,7 @@ struct UsrbioOptions {
 };
 
 struct StorageOptions {
-  bool direct = false;           // O_DIRECT for posix and uring (auto decides for itself)
+  bool direct = false;           // O_DIRECT, for backends that take it (BackendInfo::takes_direct)
   unsigned threads = 0;          // worker threads; 0 = backend default
   std::uint64_t block_size = 0;  // bytes per read operation; 0 = backend default
   unsigned queue_depth = 0;      // reads in flight per uring thread; 0 = backend default
@@ -169,14 +168,56 @@ class StorageWrapper : public Storage {
   std::unique_ptr<Storage> target_;
 };
 
-// Creates a backend by name ("posix", "uring", "mmap", "auto", "3fs", "gds"; "gds" needs
-// options.cuda_device and cuFile, and is not listed by available_storage_names()).
-// Throws UnsupportedError for an unknown name or one this kernel cannot run (the message
-// lists the available ones).
+// A registered backend: its name, what it does, and what it can do. Capabilities that hold
+// for every instance; StorageCapabilities reports an instance's.
+struct BackendInfo {
+  std::string name;           // what make_storage() and LoadOptions::backend take, e.g. "uring"
+  std::string summary;        // one line for help texts and listings
+  bool takes_direct = false;  // honours StorageOptions::direct (O_DIRECT on request)
+  bool picks_direct = false;  // decides O_DIRECT per file by itself
+  bool host_destinations = false;     // reads into host memory (any host load)
+  bool device_destinations = false;   // reads straight into device memory (device loads only)
+  bool stages_when_unusable = false;  // a device load that cannot use it reads through the
+                                      // staged pipeline instead of failing
+  bool needs_mount = false;           // reads only files on its own file system (a 3FS mount)
+  bool owns_buffers = false;          // serves bytes out of memory it owns (a mapping)
+  bool preferred_allocator = false;   // has a preferred_allocator(): zero-copy destinations
+  bool baseline = false;     // the reference implementation's way of reading: bench's yardstick
+  bool benchmarked = false;  // a row of `warpload bench` (device-only ones on device runs)
+  bool tuned = false;        // measured by `warpload tune` when no backend is named
+  // The StorageOptions fields it reads; it ignores the others.
+  bool uses_threads = false;
+  bool uses_block_size = false;
+  bool uses_queue_depth = false;
+  bool uses_usrbio = false;  // StorageOptions::usrbio
+};
+
+// Every registered backend, available here or not, in the order `bench` shows them.
+[[nodiscard]] std::vector<BackendInfo> storage_backends();
+
+// The registered backend called `name`, or null. The pointer stays valid for the process.
+[[nodiscard]] const BackendInfo* find_backend(std::string_view name) noexcept;
+
+// The backend loads use when none is named and no settings file names one.
+[[nodiscard]] std::string_view default_backend_name() noexcept;
+
+// "" when backend `name` can run on this machine with `options` (its library loads, the
+// kernel has what it needs); otherwise the sentence a user sees, e.g. for "3fs" naming the
+// client library, every path tried and WARPLOAD_HF3FS_LIB. An unregistered name gets a
+// sentence listing the registered ones. Cheap after the first call per backend (libraries
+// are loaded once); never throws.
+[[nodiscard]] std::string backend_unavailable_reason(std::string_view name,
+                                                     const StorageOptions& options = {});
+
+// Creates backend `name` (see storage_backends(); a device_destinations backend needs
+// options.cuda_device). Throws UnsupportedError for an unregistered name (the message lists
+// the available ones) or one that cannot run here (backend_unavailable_reason()'s sentence, or
+// a more specific one from the backend).
 [[nodiscard]] std::unique_ptr<Storage> make_storage(std::string_view name,
                                                     const StorageOptions& options = {});
 
-// Names of the backends usable on this machine, in the order `bench` shows them.
+// Names of the backends with host destinations that can run on this machine, in the order
+// `bench` shows them.
 [[nodiscard]] std::vector<std::string> available_storage_names();
 
 // "auto", "iov", "staging"; parse returns false (and leaves *out alone) for any other text.

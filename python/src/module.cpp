@@ -521,6 +521,34 @@ PYBIND11_MODULE(_warpload, m) {
         "Bytes of host memory warpload currently holds for loaded tensors (any tensor still "
         "alive keeps its file's buffer).");
   m.def("available_backends", &available_storage_names);
+  m.def(
+      "backends",
+      [] {
+        py::list out;
+        for (const BackendInfo& info : storage_backends()) {
+          const std::string reason = backend_unavailable_reason(info.name);
+          py::dict d;
+          d["name"] = info.name;
+          d["summary"] = info.summary;
+          d["available"] = reason.empty();
+          d["reason"] = reason;
+          d["takes_direct"] = info.takes_direct;
+          d["picks_direct"] = info.picks_direct;
+          d["host_destinations"] = info.host_destinations;
+          d["device_destinations"] = info.device_destinations;
+          d["stages_when_unusable"] = info.stages_when_unusable;
+          d["needs_mount"] = info.needs_mount;
+          d["owns_buffers"] = info.owns_buffers;
+          d["preferred_allocator"] = info.preferred_allocator;
+          d["baseline"] = info.baseline;
+          d["benchmarked"] = info.benchmarked;
+          d["tuned"] = info.tuned;
+          out.append(std::move(d));
+        }
+        return out;
+      },
+      "Every registered storage backend, available here or not, as dicts: name, summary, "
+      "available, reason (why not, else \"\") and the capability flags.");
   m.def("cuda_available", &cuda_available);
   m.def(
       "resolved_backend",

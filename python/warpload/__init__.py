@@ -19,6 +19,7 @@ from ._warpload import (
     UnsupportedError,
     __version__,
     available_backends,
+    backends,
     cuda_available,
     live_host_bytes,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "UnsupportedError",
     "__version__",
     "available_backends",
+    "backends",
     "cuda_available",
     "iterate_weights",
     "live_host_bytes",

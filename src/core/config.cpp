@@ -398,10 +398,11 @@ void write_config(const fs::path& path, const TunedSettings& settings) {
 ResolvedSettings apply_config(std::string_view backend, const StorageOptions& explicit_options,
                               const TunedSettings* config) {
   ResolvedSettings r;
-  r.backend = backend.empty() ? "auto" : std::string(backend);
+  r.backend = std::string(backend.empty() ? default_backend_name() : backend);
   r.storage = explicit_options;
   if (config == nullptr) return r;
-  const std::string config_backend = config->backend.empty() ? "auto" : config->backend;
+  const std::string config_backend =
+      config->backend.empty() ? std::string(default_backend_name()) : config->backend;
   if (!backend.empty() && backend != config_backend) return r;  // config is for another backend
 
   r.backend = config_backend;

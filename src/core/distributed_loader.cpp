@@ -9,6 +9,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "common/align.hpp"
+#include "common/error_codec.hpp"
 #include "common/printable.hpp"
 #include "core/rank_plan.hpp"
 #include "core/read_executor.hpp"
@@ -21,83 +23,38 @@
 namespace warpload {
 namespace {
 
-std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
-std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+using detail::align_down;
 
 // ---- the error agreement -------------------------------------------------------------------
-// A rank's status travels as text: "<fingerprint>\n<code>\n<message>", code "ok" or one of
-// the error kinds below, so a peer can rethrow the same kind.
-
-std::string encode_error(const std::exception_ptr& error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const InvalidFileError& e) {
-    return "invalid:" + std::to_string(static_cast<int>(e.rule())) + "\n" + e.what();
-  } catch (const NotFoundError& e) {
-    return std::string("notfound\n") + e.what();
-  } catch (const IoError& e) {
-    return "io:" + std::to_string(e.error_number()) + ":" + std::to_string(e.offset()) + "\n" +
-           e.what();
-  } catch (const UnsupportedError& e) {
-    return std::string("unsupported\n") + e.what();
-  } catch (const OutOfMemoryError& e) {
-    return std::string("oom\n") + e.what();
-  } catch (const CancelledError& e) {
-    return std::string("cancelled\n") + e.what();
-  } catch (const std::invalid_argument& e) {
-    return std::string("argument\n") + e.what();
-  } catch (const std::exception& e) {
-    return std::string("other\n") + e.what();
-  } catch (...) {
-    return "other\nunknown error";
-  }
-}
-
-[[noreturn]] void throw_peer_error(const std::string& code, const std::string& message) {
-  if (code.rfind("invalid:", 0) == 0) {
-    throw InvalidFileError(static_cast<FormatRule>(std::stoi(code.substr(8))), message);
-  }
-  if (code == "notfound") throw NotFoundError(message);
-  if (code.rfind("io:", 0) == 0) {
-    const auto colon = code.find(':', 3);
-    throw IoError(message, std::stoi(code.substr(3, colon - 3)),
-                  std::stoull(code.substr(colon + 1)));
-  }
-  if (code == "unsupported") throw UnsupportedError(message);
-  if (code == "oom") throw OutOfMemoryError(message);
-  if (code == "cancelled") throw CancelledError(message);
-  if (code == "argument") throw std::invalid_argument(message);
-  throw std::runtime_error(message);
-}
+// A rank's status travels as text: "<fingerprint>\n" followed by "ok" or the error's encoding
+// (common/error_codec.hpp), so a peer can rethrow the same kind.
 
 struct Status {
   std::string fingerprint;
-  std::string code;
-  std::string message;
+  std::string error;  // encoded; empty when the rank is fine
 };
 
 Status parse_status(const std::string& text) {
+  const auto newline = text.find('\n');
   Status s;
-  const auto a = text.find('\n');
-  const auto b = a == std::string::npos ? a : text.find('\n', a + 1);
-  s.fingerprint = text.substr(0, a);
-  s.code = a == std::string::npos ? "ok" : text.substr(a + 1, b - a - 1);
-  s.message = b == std::string::npos ? "" : text.substr(b + 1);
+  s.fingerprint = text.substr(0, newline);
+  const std::string rest = newline == std::string::npos ? "" : text.substr(newline + 1);
+  if (rest != "ok") s.error = rest;
   return s;
 }
 
 // Every rank's status; throws on every rank when one failed or the plans differ.
 void agree(Collective& collective, const std::string& fingerprint,
            const std::exception_ptr& local) {
-  const std::string mine = fingerprint + "\n" + (local ? encode_error(local) : "ok\n");
+  const std::string mine = fingerprint + "\n" + (local ? detail::encode_error(local) : "ok");
   const std::vector<std::string> all = collective.all_gather_status(mine);
   const int world = collective.size();
   for (int q = 0; q < static_cast<int>(all.size()); ++q) {
     const Status s = parse_status(all[static_cast<std::size_t>(q)]);
-    if (s.code == "ok") continue;
+    if (s.error.empty()) continue;
     if (q == collective.rank() && local) std::rethrow_exception(local);
-    throw_peer_error(
-        s.code, "rank " + std::to_string(q) + " of " + std::to_string(world) + ": " + s.message);
+    detail::throw_decoded_error(
+        s.error, "rank " + std::to_string(q) + " of " + std::to_string(world) + ": ");
   }
   const Status first = parse_status(all.front());
   for (int q = 1; q < static_cast<int>(all.size()); ++q) {
@@ -143,7 +100,7 @@ struct DistributedLoader::State {
   };
   std::unordered_map<std::string, Placed, NameHash, std::equal_to<>> placed;
   std::unordered_map<std::string, std::shared_ptr<Buffer>> realigned;
-  std::shared_ptr<Storage> direct_storage;  // shared_storage reads
+  std::unique_ptr<detail::ReadExecutor> direct_reader;  // shared_storage reads
   DistributedStats stats;
 
   explicit State(LoadOptions o) : options(std::move(o)) {}
@@ -228,19 +185,8 @@ LoadStats DistributedLoader::load(Delivery delivery) {
 
 void DistributedLoader::fail(const std::exception& error) {
   State& s = *state_;
-  std::exception_ptr local;
-  try {
-    // Keep the kind of warpload errors for the peers.
-    if (const auto* e = dynamic_cast<const InvalidFileError*>(&error)) throw *e;
-    if (const auto* e = dynamic_cast<const NotFoundError*>(&error)) throw *e;
-    if (const auto* e = dynamic_cast<const IoError*>(&error)) throw *e;
-    if (const auto* e = dynamic_cast<const UnsupportedError*>(&error)) throw *e;
-    if (const auto* e = dynamic_cast<const OutOfMemoryError*>(&error)) throw *e;
-    if (const auto* e = dynamic_cast<const std::invalid_argument*>(&error)) throw *e;
-    throw std::runtime_error(error.what());
-  } catch (...) {
-    local = std::current_exception();
-  }
+  // The peers rethrow the same kind (the codec keeps it); this rank's copy is never rethrown.
+  const std::exception_ptr local = detail::decode_error(detail::encode_error(error));
   try {
     agree(*s.collective, "-", local);
   } catch (const CollectiveError&) {
@@ -486,25 +432,27 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
   if (s.distributed.shared_storage && every_block_contiguous) {
     // The direct-read rule (docs/distributed.md): the rest of a one-range block comes from the
     // shared storage, not from the peers; the same decision on every rank, so no collective.
-    if (!s.direct_storage) s.direct_storage = make_storage("posix", StorageOptions{});
-    const PlannedFile& planned = s.catalog.file_of(name);
-    auto f = s.direct_storage->open(planned.path);
-    std::vector<ReadRequest> requests;
+    // The one read path, as for load() (settings, backend), without this load's progress.
+    if (!s.direct_reader) {
+      LoadOptions o = s.options;
+      o.on_progress = nullptr;
+      o.cancel = nullptr;
+      s.direct_reader = std::make_unique<detail::ReadExecutor>(o, s.catalog.files());
+    }
+    const TensorLocation where = s.catalog.find(name);
+    const std::uint64_t first = s.catalog.files()[where.file].header.data_offset() + t.begin;
     std::uint64_t bytes = 0;
     auto add_range = [&](std::uint64_t lo, std::uint64_t hi) {
       detail::for_each_overlap(
           mine, lo, hi, [&](std::uint64_t off, std::uint64_t block_off, std::uint64_t n) {
-            requests.push_back(ReadRequest{f.get(), planned.header.data_offset() + t.begin + off, n,
-                                           dest->data() + block_off});
+            s.direct_reader->add_exact(where.file, first + off, first + off + n,
+                                       dest->data() + block_off);
             bytes += n;
           });
     };
     add_range(0, my_lo);  // a rank that holds nothing has my_lo == my_hi == 0
     add_range(my_hi, t.nbytes());
-    if (!requests.empty()) {
-      ReadControl control;
-      s.direct_storage->read(requests, &control);
-    }
+    if (bytes > 0) (void)s.direct_reader->run(bytes);
     s.stats.direct_bytes += bytes;
     return v;
   }

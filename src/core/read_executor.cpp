@@ -2,13 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 #include "common/align.hpp"
 #include "core/progress_monitor.hpp"
-#include "core/device_storage.hpp"
+#include "storage/device_storage.hpp"
 #include "device/cuda_shim.hpp"
 #include "warpload/config.hpp"
 #include "warpload/error.hpp"
@@ -146,6 +147,21 @@ void ReadExecutor::add(std::size_t file, std::uint64_t begin, std::uint64_t end,
   bytes_read_ += std::min(last, f.size()) - first;
 }
 
+void ReadExecutor::add_exact(std::size_t file, std::uint64_t begin, std::uint64_t end,
+                             std::byte* dest) {
+  if (begin >= end) return;
+  if (staged_ || alignment(file) == 1) {
+    add(file, begin, end, dest);  // nothing is written outside [dest, dest + end - begin)
+    return;
+  }
+  if (allocator_->kind() != MemoryKind::kHost) {
+    throw std::logic_error("ReadExecutor::add_exact: aligned reads into device memory");
+  }
+  Placement bounce = place(file, begin, end);
+  add(file, begin, end, bounce.dest);
+  bounces_.push_back(BounceCopy{std::move(bounce), dest, end - begin});
+}
+
 void ReadExecutor::cancel() noexcept {
   const std::lock_guard lock(cancel_mutex_);
   cancelled_ = true;
@@ -155,6 +171,8 @@ void ReadExecutor::cancel() noexcept {
 LoadStats ReadExecutor::run(std::uint64_t progress_total) {
   std::vector<ReadRequest> requests = std::move(requests_);
   std::vector<StagedFile> staged = std::move(staged_files_);
+  std::vector<BounceCopy> bounces = std::move(bounces_);
+  bounces_.clear();
   const std::uint64_t largest = std::exchange(largest_staged_read_, 0);
   LoadStats stats = base_stats_;
   stats.bytes = std::exchange(round_bytes_, 0);
@@ -189,6 +207,7 @@ LoadStats ReadExecutor::run(std::uint64_t progress_total) {
                       plan_staging_from_env(options_.staging_bytes, largest), &control);
     }
   }
+  for (const BounceCopy& b : bounces) std::memcpy(b.to, b.from.dest, b.bytes);
   stats.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (options_.on_progress) options_.on_progress(progress_total, progress_total);

@@ -90,6 +90,10 @@ class ReadExecutor {
   // Schedules file bytes [begin, end) to land at `dest` in the next run(). Empty ranges are
   // ignored.
   void add(std::size_t file, std::uint64_t begin, std::uint64_t end, std::byte* dest);
+  // As add(), for a host destination laid out without window(): exactly [dest, dest + end -
+  // begin) is written. Where the read needs alignment (O_DIRECT) it lands in a bounce buffer
+  // from place() and run() copies the range out after the read.
+  void add_exact(std::size_t file, std::uint64_t begin, std::uint64_t end, std::byte* dest);
 
   // Reads everything add()ed since the last run() and returns its stats (bytes: the ranges'
   // bytes). LoadOptions::on_progress sees (done, progress_total) about ten times a second and
@@ -116,6 +120,12 @@ class ReadExecutor {
   std::vector<std::unique_ptr<StorageFile>> open_;  // per planned file, or null
   std::vector<ReadRequest> requests_;
   std::vector<StagedFile> staged_files_;
+  struct BounceCopy {
+    Placement from;
+    std::byte* to;
+    std::uint64_t bytes;
+  };
+  std::vector<BounceCopy> bounces_;  // add_exact() ranges read through a bounce buffer
   std::uint64_t largest_staged_read_ = 0;
   std::uint64_t round_bytes_ = 0;
   std::uint64_t bytes_read_ = 0;

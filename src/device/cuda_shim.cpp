@@ -1,27 +1,25 @@
 #include "device/cuda_shim.hpp"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
 #include <string>
 #include <utility>
 
+#include "common/shared_library.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload::detail {
 namespace {
 
-constexpr const char* kLibraryName = "libcuda.so.1";
-
-template <typename Fn>
-void bind(void* handle, const std::string& library, const char* symbol, Fn* slot) {
-  dlerror();  // clear a stale message
-  void* address = dlsym(handle, symbol);
-  if (address == nullptr) {
-    throw UnsupportedError("CUDA driver library '" + library + "' has no symbol '" + symbol +
-                           "' (not a libcuda.so.1, or a driver too old for warpload)");
-  }
-  *slot = reinterpret_cast<Fn>(address);
+const LibrarySpec& cuda_library() {
+  static const LibrarySpec spec{
+      .what = "CUDA driver",
+      .soname = "libcuda.so.1",
+      .env_var = "WARPLOAD_CUDA_LIB",
+      .defaults = {},
+      .missing_hint = "no NVIDIA driver on this machine",
+      .env_hint = "",
+      .symbol_hint = "not a libcuda.so.1, or a driver too old for warpload"};
+  return spec;
 }
 
 // "<what>: <driver's text> (CUDA error N)"; the text is looked up through `api` because
@@ -54,13 +52,59 @@ struct LoadedDriver {
   std::string error;
 };
 
+// Binds the driver's table and calls cuInit(0). The library stays loaded even when cuInit
+// fails: it may have started threads, and unloading code under them is worse than a leaked
+// handle. Never unloaded otherwise either: device memory made through it may outlive every
+// warpload object.
+std::unique_ptr<CudaApi> load(SharedLibrary library) {
+  auto api = std::make_unique<CudaApi>();
+  api->library = library.path();
+  library.bind({
+      {"cuInit", &api->init},
+      {"cuDriverGetVersion", &api->driver_get_version},
+      {"cuDeviceGetCount", &api->device_get_count},
+      {"cuDeviceGet", &api->device_get},
+      {"cuDeviceGetName", &api->device_get_name},
+      {"cuDeviceGetAttribute", &api->device_get_attribute},
+      {"cuDeviceGetPCIBusId", &api->device_get_pci_bus_id},
+      {"cuDeviceTotalMem_v2", &api->device_total_mem},
+      {"cuDevicePrimaryCtxRetain", &api->primary_ctx_retain},
+      {"cuDevicePrimaryCtxRelease_v2", &api->primary_ctx_release},
+      {"cuCtxGetCurrent", &api->ctx_get_current},
+      {"cuCtxSetCurrent", &api->ctx_set_current},
+      {"cuMemAlloc_v2", &api->mem_alloc},
+      {"cuMemFree_v2", &api->mem_free},
+      {"cuMemGetInfo_v2", &api->mem_get_info},
+      {"cuMemHostAlloc", &api->mem_host_alloc},
+      {"cuMemFreeHost", &api->mem_free_host},
+      {"cuMemHostRegister_v2", &api->mem_host_register},
+      {"cuMemHostUnregister", &api->mem_host_unregister},
+      {"cuMemcpyHtoDAsync_v2", &api->memcpy_htod_async},
+      {"cuMemcpyDtoH_v2", &api->memcpy_dtoh},
+      {"cuMemcpyDtoD_v2", &api->memcpy_dtod},
+      {"cuStreamCreate", &api->stream_create},
+      {"cuStreamDestroy_v2", &api->stream_destroy},
+      {"cuStreamSynchronize", &api->stream_synchronize},
+      {"cuEventCreate", &api->event_create},
+      {"cuEventRecord", &api->event_record},
+      {"cuEventQuery", &api->event_query},
+      {"cuEventSynchronize", &api->event_synchronize},
+      {"cuEventDestroy_v2", &api->event_destroy},
+      {"cuGetErrorString", &api->get_error_string},
+  });
+  static_cast<void>(library.release());
+  const CUresult result = api->init(0);
+  if (result != WARPLOAD_CUDA_SUCCESS) {
+    throw UnsupportedError(
+        describe(api.get(), result, "CUDA driver '" + api->library + "': cuInit"));
+  }
+  return api;
+}
+
 LoadedDriver load_process_driver() {
-  const char* explicit_path = std::getenv("WARPLOAD_CUDA_LIB");
-  const std::string library =
-      explicit_path != nullptr && *explicit_path != '\0' ? explicit_path : kLibraryName;
   LoadedDriver loaded;
   try {
-    loaded.api = load_cuda_api(library);
+    loaded.api = load(SharedLibrary::open(cuda_library()));
   } catch (const Error& e) {
     loaded.error = e.what();
   }
@@ -93,56 +137,7 @@ void release_primary(const CudaApi& api, int ordinal) noexcept {
 }  // namespace
 
 std::unique_ptr<CudaApi> load_cuda_api(const std::string& library) {
-  // RTLD_LOCAL: the driver's symbols must not satisfy other libraries' lookups. Never
-  // dlclosed: device memory made through it may outlive every warpload object.
-  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const char* reason = dlerror();
-    throw UnsupportedError("cannot load the CUDA driver library '" + library +
-                           "': " + (reason != nullptr ? reason : "unknown reason") +
-                           " (no NVIDIA driver on this machine? set WARPLOAD_CUDA_LIB to the "
-                           "full path of libcuda.so.1)");
-  }
-  auto api = std::make_unique<CudaApi>();
-  api->library = library;
-  bind(handle, library, "cuInit", &api->init);
-  bind(handle, library, "cuDriverGetVersion", &api->driver_get_version);
-  bind(handle, library, "cuDeviceGetCount", &api->device_get_count);
-  bind(handle, library, "cuDeviceGet", &api->device_get);
-  bind(handle, library, "cuDeviceGetName", &api->device_get_name);
-  bind(handle, library, "cuDeviceGetAttribute", &api->device_get_attribute);
-  bind(handle, library, "cuDeviceGetPCIBusId", &api->device_get_pci_bus_id);
-  bind(handle, library, "cuDeviceTotalMem_v2", &api->device_total_mem);
-  bind(handle, library, "cuDevicePrimaryCtxRetain", &api->primary_ctx_retain);
-  bind(handle, library, "cuDevicePrimaryCtxRelease_v2", &api->primary_ctx_release);
-  bind(handle, library, "cuCtxGetCurrent", &api->ctx_get_current);
-  bind(handle, library, "cuCtxSetCurrent", &api->ctx_set_current);
-  bind(handle, library, "cuMemAlloc_v2", &api->mem_alloc);
-  bind(handle, library, "cuMemFree_v2", &api->mem_free);
-  bind(handle, library, "cuMemGetInfo_v2", &api->mem_get_info);
-  bind(handle, library, "cuMemHostAlloc", &api->mem_host_alloc);
-  bind(handle, library, "cuMemFreeHost", &api->mem_free_host);
-  bind(handle, library, "cuMemHostRegister_v2", &api->mem_host_register);
-  bind(handle, library, "cuMemHostUnregister", &api->mem_host_unregister);
-  bind(handle, library, "cuMemcpyHtoDAsync_v2", &api->memcpy_htod_async);
-  bind(handle, library, "cuMemcpyDtoH_v2", &api->memcpy_dtoh);
-  bind(handle, library, "cuMemcpyDtoD_v2", &api->memcpy_dtod);
-  bind(handle, library, "cuStreamCreate", &api->stream_create);
-  bind(handle, library, "cuStreamDestroy_v2", &api->stream_destroy);
-  bind(handle, library, "cuStreamSynchronize", &api->stream_synchronize);
-  bind(handle, library, "cuEventCreate", &api->event_create);
-  bind(handle, library, "cuEventRecord", &api->event_record);
-  bind(handle, library, "cuEventQuery", &api->event_query);
-  bind(handle, library, "cuEventSynchronize", &api->event_synchronize);
-  bind(handle, library, "cuEventDestroy_v2", &api->event_destroy);
-  bind(handle, library, "cuGetErrorString", &api->get_error_string);
-  // The handle is deliberately kept even on failure below: the library may have started
-  // threads in cuInit, and unloading code under them is worse than a leaked handle.
-  const CUresult result = api->init(0);
-  if (result != WARPLOAD_CUDA_SUCCESS) {
-    throw UnsupportedError(describe(api.get(), result, "CUDA driver '" + library + "': cuInit"));
-  }
-  return api;
+  return load(SharedLibrary::open_path(cuda_library(), library));
 }
 
 const CudaApi& cuda_api() {

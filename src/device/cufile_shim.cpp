@@ -1,7 +1,5 @@
 #include "device/cufile_shim.hpp"
 
-#include <dlfcn.h>
-
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/shared_library.hpp"
 #include "device/cuda_shim.hpp"
 #include "warpload/error.hpp"
 
@@ -22,47 +21,39 @@ static_assert(sizeof(CUfileDescr_t) == 24 && offsetof(CUfileDescr_t, handle) == 
                   offsetof(CUfileDescr_t, fs_ops) == 16,
               "CUfileDescr_t must match cufile.h on LP64");
 
-constexpr const char* kLibraryName = "libcufile.so.0";
-
-template <typename Fn>
-void bind(void* handle, const std::string& library, const char* symbol, Fn* slot) {
-  dlerror();
-  void* address = dlsym(handle, symbol);
-  if (address == nullptr) {
-    throw UnsupportedError("cuFile library '" + library + "' has no symbol '" + symbol +
-                           "' (not a libcufile.so.0, or one older than cuFile 1.0)");
-  }
-  *slot = reinterpret_cast<Fn>(address);
+const LibrarySpec& cufile_library() {
+  static const LibrarySpec spec{
+      .what = "cuFile",
+      .soname = "libcufile.so.0",
+      .env_var = "WARPLOAD_CUFILE_LIB",
+      .defaults = {},
+      .missing_hint = "GPUDirect Storage is not installed",
+      .env_hint = "",
+      .symbol_hint = "not a libcufile.so.0, or one older than cuFile 1.0"};
+  return spec;
 }
 
+// Never unloaded once bound: registered handles and buffers live in it.
 std::unique_ptr<CufileApi> load(const std::string& library) {
-  // RTLD_LOCAL: keep cuFile's symbols out of other libraries' lookups. Never dlclosed.
-  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const char* reason = dlerror();
-    throw UnsupportedError("cannot load the cuFile library '" + library +
-                           "': " + (reason != nullptr ? reason : "unknown reason") +
-                           " (GPUDirect Storage is not installed; set WARPLOAD_CUFILE_LIB to the "
-                           "full path of libcufile.so.0)");
-  }
+  SharedLibrary opened = SharedLibrary::open_path(cufile_library(), library);
   auto api = std::make_unique<CufileApi>();
   api->library = library;
-  bind(handle, library, "cuFileDriverOpen", &api->driver_open);
-  bind(handle, library, "cuFileDriverGetProperties", &api->driver_get_properties);
-  bind(handle, library, "cuFileHandleRegister", &api->handle_register);
-  bind(handle, library, "cuFileHandleDeregister", &api->handle_deregister);
-  bind(handle, library, "cuFileBufRegister", &api->buf_register);
-  bind(handle, library, "cuFileBufDeregister", &api->buf_deregister);
-  bind(handle, library, "cuFileRead", &api->read);
+  opened.bind({
+      {"cuFileDriverOpen", &api->driver_open},
+      {"cuFileDriverGetProperties", &api->driver_get_properties},
+      {"cuFileHandleRegister", &api->handle_register},
+      {"cuFileHandleDeregister", &api->handle_deregister},
+      {"cuFileBufRegister", &api->buf_register},
+      {"cuFileBufDeregister", &api->buf_deregister},
+      {"cuFileRead", &api->read},
+  });
+  static_cast<void>(opened.release());
   return api;
 }
 
 }  // namespace
 
-std::string cufile_library_name() {
-  const char* explicit_path = std::getenv("WARPLOAD_CUFILE_LIB");
-  return explicit_path != nullptr && *explicit_path != '\0' ? explicit_path : kLibraryName;
-}
+std::string cufile_library_name() { return cufile_library().candidates().front(); }
 
 const CufileApi& cufile_api() {
   // Leaked on purpose (tables stay valid through static destruction); guarded by the mutex.

@@ -1,62 +1,52 @@
 #include "device/nccl_shim.hpp"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
 #include <map>
 #include <mutex>
 
+#include "common/shared_library.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload::detail {
 namespace {
 
-constexpr const char* kLibraryName = "libnccl.so.2";
-
-template <typename Fn>
-void bind(void* handle, const std::string& library, const char* symbol, Fn* slot) {
-  dlerror();
-  void* address = dlsym(handle, symbol);
-  if (address == nullptr) {
-    throw UnsupportedError("NCCL library '" + library + "' has no symbol '" + symbol +
-                           "' (not a libnccl.so.2, or one older than NCCL 2.7)");
-  }
-  *slot = reinterpret_cast<Fn>(address);
+const LibrarySpec& nccl_library() {
+  static const LibrarySpec spec{.what = "NCCL",
+                                .soname = "libnccl.so.2",
+                                .env_var = "WARPLOAD_NCCL_LIB",
+                                .defaults = {},
+                                .missing_hint = "NCCL is not installed",
+                                .env_hint = "",
+                                .symbol_hint = "not a libnccl.so.2, or one older than NCCL 2.7"};
+  return spec;
 }
 
 }  // namespace
 
-std::string nccl_library_name() {
-  const char* explicit_path = std::getenv("WARPLOAD_NCCL_LIB");
-  return explicit_path != nullptr && *explicit_path != '\0' ? explicit_path : kLibraryName;
-}
+std::string nccl_library_name() { return nccl_library().candidates().front(); }
 
 std::unique_ptr<NcclApi> load_nccl_api(const std::string& library) {
-  // RTLD_LOCAL: keep NCCL's symbols out of other libraries' lookups (torch may bring its own
-  // NCCL). Never dlclosed: communicators may outlive everything else.
-  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const char* reason = dlerror();
-    throw UnsupportedError("cannot load the NCCL library '" + library +
-                           "': " + (reason != nullptr ? reason : "unknown reason") +
-                           " (NCCL is not installed; set WARPLOAD_NCCL_LIB to the full path of "
-                           "libnccl.so.2)");
-  }
+  // Never unloaded: communicators may outlive everything else. (RTLD_LOCAL, as every shim:
+  // torch may bring its own NCCL.)
+  SharedLibrary opened = SharedLibrary::open_path(nccl_library(), library);
   auto api = std::make_unique<NcclApi>();
   api->library = library;
-  bind(handle, library, "ncclGetVersion", &api->get_version);
-  bind(handle, library, "ncclGetUniqueId", &api->get_unique_id);
-  bind(handle, library, "ncclCommInitRank", &api->comm_init_rank);
-  bind(handle, library, "ncclCommDestroy", &api->comm_destroy);
-  bind(handle, library, "ncclCommAbort", &api->comm_abort);
-  bind(handle, library, "ncclCommGetAsyncError", &api->comm_get_async_error);
-  bind(handle, library, "ncclGetErrorString", &api->get_error_string);
-  bind(handle, library, "ncclAllGather", &api->all_gather);
-  bind(handle, library, "ncclBroadcast", &api->broadcast);
-  bind(handle, library, "ncclSend", &api->send);
-  bind(handle, library, "ncclRecv", &api->recv);
-  bind(handle, library, "ncclGroupStart", &api->group_start);
-  bind(handle, library, "ncclGroupEnd", &api->group_end);
+  opened.bind({
+      {"ncclGetVersion", &api->get_version},
+      {"ncclGetUniqueId", &api->get_unique_id},
+      {"ncclCommInitRank", &api->comm_init_rank},
+      {"ncclCommDestroy", &api->comm_destroy},
+      {"ncclCommAbort", &api->comm_abort},
+      {"ncclCommGetAsyncError", &api->comm_get_async_error},
+      {"ncclGetErrorString", &api->get_error_string},
+      {"ncclAllGather", &api->all_gather},
+      {"ncclBroadcast", &api->broadcast},
+      {"ncclSend", &api->send},
+      {"ncclRecv", &api->recv},
+      {"ncclGroupStart", &api->group_start},
+      {"ncclGroupEnd", &api->group_end},
+  });
+  static_cast<void>(opened.release());
   if (api->get_version(&api->version) != WARPLOAD_NCCL_SUCCESS) api->version = 0;
   return api;
 }

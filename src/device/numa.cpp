@@ -1,6 +1,5 @@
 #include "device/numa.hpp"
 
-#include <dlfcn.h>
 #include <sched.h>
 
 #include <cctype>
@@ -11,23 +10,29 @@
 #include <mutex>
 #include <string>
 
+#include "common/shared_library.hpp"
 #include "device/cuda_shim.hpp"
+#include "warpload/error.hpp"
 
 namespace warpload::detail {
 namespace {
 
-constexpr const char* kNumaLibrary = "libnuma.so.1";
-
-using numa_available_fn = int (*)();
-using numa_run_on_node_fn = int (*)(int node);
+using numa_available_fn = int();
+using numa_run_on_node_fn = int(int node);
 
 struct NumaApi {
-  numa_run_on_node_fn run_on_node = nullptr;  // null: libnuma unusable
+  numa_run_on_node_fn* run_on_node = nullptr;  // null: libnuma unusable
 };
 
-std::string numa_library_name() {
-  const char* explicit_name = std::getenv("WARPLOAD_NUMA_LIB");
-  return explicit_name != nullptr && *explicit_name != '\0' ? explicit_name : kNumaLibrary;
+const LibrarySpec& numa_library() {
+  static const LibrarySpec spec{.what = "NUMA (libnuma)",
+                                .soname = "libnuma.so.1",
+                                .env_var = "WARPLOAD_NUMA_LIB",
+                                .defaults = {},
+                                .missing_hint = "libnuma is not installed",
+                                .env_hint = "",
+                                .symbol_hint = "not a libnuma.so.1"};
+  return spec;
 }
 
 // Loaded once per name and never unloaded; a library without NUMA support counts as absent.
@@ -35,16 +40,21 @@ NumaApi numa_api() noexcept {
   try {
     static auto* const mutex = new std::mutex;
     static auto* const loaded = new std::map<std::string, NumaApi>;
-    const std::string name = numa_library_name();
+    const std::string name = numa_library().candidates().front();
     const std::lock_guard<std::mutex> lock(*mutex);
     if (auto it = loaded->find(name); it != loaded->end()) return it->second;
     NumaApi api;
-    if (void* handle = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL); handle != nullptr) {
-      auto available = reinterpret_cast<numa_available_fn>(dlsym(handle, "numa_available"));
-      auto run_on_node = reinterpret_cast<numa_run_on_node_fn>(dlsym(handle, "numa_run_on_node"));
-      if (available != nullptr && run_on_node != nullptr && available() >= 0) {
+    try {
+      SharedLibrary library = SharedLibrary::open_path(numa_library(), name);
+      numa_available_fn* available = nullptr;
+      numa_run_on_node_fn* run_on_node = nullptr;
+      library.bind({{"numa_available", &available}, {"numa_run_on_node", &run_on_node}});
+      if (available() >= 0) {
         api.run_on_node = run_on_node;
+        static_cast<void>(library.release());
       }
+    } catch (const Error&) {
+      // No usable libnuma: threads are simply not placed.
     }
     loaded->emplace(name, api);
     return api;

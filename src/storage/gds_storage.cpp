@@ -6,7 +6,7 @@
 // offset, length and device address 4 KiB aligned, as GDS DMA wants), and registered with
 // cuFileHandleRegister; the handle is deregistered before the descriptor closes. A refused
 // registration is UnsupportedError naming the file and cuFile's reason: the Loader's device
-// planning (src/core/device_storage.*) takes that as "fall back to the staged pipeline".
+// planning (src/storage/device_storage.*) takes that as "fall back to the staged pipeline".
 //
 // read(): each request's destination is registered with cuFileBufRegister for the call (unless
 // $WARPLOAD_GDS_REGISTER_BUFFERS is "0"; a refused registration -- typically BAR1 space -- only

@@ -1,12 +1,11 @@
 #include "storage/hf3fs_shim.hpp"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 
+#include "common/shared_library.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload::detail {
@@ -14,57 +13,48 @@ namespace {
 
 constexpr const char* kLibraryName = "libhf3fs_api_shared.so";
 
-template <typename Fn>
-void bind(void* handle, const std::string& library, const char* symbol, Fn* slot) {
-  dlerror();  // clear a stale message
-  void* address = dlsym(handle, symbol);
-  if (address == nullptr) {
-    throw UnsupportedError("3FS USRBIO library '" + library + "' has no symbol '" + symbol +
-                           "' (not a libhf3fs_api_shared.so, or too old for warpload)");
+// The defaults depend on HF3FS_LIB_DIR, so the spec is built per call.
+LibrarySpec hf3fs_library() {
+  LibrarySpec spec{.what = "3FS USRBIO",
+                   .soname = kLibraryName,
+                   .env_var = "WARPLOAD_HF3FS_LIB",
+                   .defaults = {},
+                   .missing_hint = "",
+                   .env_hint = "or HF3FS_LIB_DIR to its folder",
+                   .symbol_hint = "not a libhf3fs_api_shared.so, or too old for warpload"};
+  const char* folder = std::getenv("HF3FS_LIB_DIR");
+  if (folder != nullptr && *folder != '\0') {
+    spec.defaults = {std::string(folder) + "/" + kLibraryName};
   }
-  *slot = reinterpret_cast<Fn>(address);
+  return spec;
 }
 
+// Never unloaded once bound: iovs made through it may outlive every warpload object. A
+// library without the symbols is closed again (nothing from it is in use yet).
 std::unique_ptr<Hf3fsApi> load(const std::string& library) {
-  // RTLD_LOCAL: the library's own symbols must not satisfy other libraries' lookups.
-  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) {
-    const char* reason = dlerror();
-    throw NotFoundError("cannot load the 3FS USRBIO library '" + library +
-                        "': " + (reason != nullptr ? reason : "unknown reason") +
-                        " (set WARPLOAD_HF3FS_LIB to its full path, or HF3FS_LIB_DIR to its "
-                        "folder)");
-  }
+  SharedLibrary opened = SharedLibrary::open_path(hf3fs_library(), library);
   auto api = std::make_unique<Hf3fsApi>();
   api->library = library;
-  try {
-    bind(handle, library, "hf3fs_is_hf3fs", &api->is_hf3fs);
-    bind(handle, library, "hf3fs_extract_mount_point", &api->extract_mount_point);
-    bind(handle, library, "hf3fs_iovcreate", &api->iovcreate);
-    bind(handle, library, "hf3fs_iovdestroy", &api->iovdestroy);
-    bind(handle, library, "hf3fs_iorcreate4", &api->iorcreate4);
-    bind(handle, library, "hf3fs_iordestroy", &api->iordestroy);
-    bind(handle, library, "hf3fs_reg_fd", &api->reg_fd);
-    bind(handle, library, "hf3fs_dereg_fd", &api->dereg_fd);
-    bind(handle, library, "hf3fs_prep_io", &api->prep_io);
-    bind(handle, library, "hf3fs_submit_ios", &api->submit_ios);
-    bind(handle, library, "hf3fs_wait_for_ios", &api->wait_for_ios);
-  } catch (...) {
-    dlclose(handle);  // nothing from it is in use yet
-    throw;
-  }
+  opened.bind({
+      {"hf3fs_is_hf3fs", &api->is_hf3fs},
+      {"hf3fs_extract_mount_point", &api->extract_mount_point},
+      {"hf3fs_iovcreate", &api->iovcreate},
+      {"hf3fs_iovdestroy", &api->iovdestroy},
+      {"hf3fs_iorcreate4", &api->iorcreate4},
+      {"hf3fs_iordestroy", &api->iordestroy},
+      {"hf3fs_reg_fd", &api->reg_fd},
+      {"hf3fs_dereg_fd", &api->dereg_fd},
+      {"hf3fs_prep_io", &api->prep_io},
+      {"hf3fs_submit_ios", &api->submit_ios},
+      {"hf3fs_wait_for_ios", &api->wait_for_ios},
+  });
+  static_cast<void>(opened.release());
   return api;
 }
 
 }  // namespace
 
-std::string hf3fs_library_path() {
-  const char* explicit_path = std::getenv("WARPLOAD_HF3FS_LIB");
-  if (explicit_path != nullptr && *explicit_path != '\0') return explicit_path;
-  const char* folder = std::getenv("HF3FS_LIB_DIR");
-  if (folder != nullptr && *folder != '\0') return std::string(folder) + "/" + kLibraryName;
-  return kLibraryName;
-}
+std::string hf3fs_library_path() { return hf3fs_library().candidates().front(); }
 
 const Hf3fsApi& hf3fs_api() {
   // Leaked on purpose: tables must stay valid through static destruction (buffers may die late).

@@ -1,7 +1,8 @@
 // The dlopen shim for 3FS's USRBIO client library (libhf3fs_api_shared.so).
 //
 // warpload never links against the library: the "3fs" backend asks hf3fs_api() for a table of
-// typed function pointers (signatures in storage/hf3fs_abi.h), filled with dlsym.
+// typed function pointers (signatures in storage/hf3fs_abi.h), filled through the shared dlopen
+// helper (common/shared_library.hpp).
 //
 // Which library: the first of
 //   1. $WARPLOAD_HF3FS_LIB            a full path to the .so (tests point it at the emulator);
@@ -41,8 +42,9 @@ struct Hf3fsApi {
 [[nodiscard]] std::string hf3fs_library_path();
 
 // Loads the library (once per resolved path) and returns its table, valid for the rest of the
-// process. Throws NotFoundError naming the library when it cannot be loaded (with dlerror's
-// reason), UnsupportedError naming the library and the symbol when one is missing.
+// process. Throws UnsupportedError naming the library, the path tried (with dlerror's reason)
+// and WARPLOAD_HF3FS_LIB when it cannot be loaded, and naming the library and the symbol when
+// one is missing.
 [[nodiscard]] const Hf3fsApi& hf3fs_api();
 
 // Whether hf3fs_api() would succeed now. Never throws.

@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <utility>
 
+#include "device/cufile_shim.hpp"
 #include "storage/backends.hpp"
 #include "storage/hf3fs_shim.hpp"
 #include "warpload/error.hpp"
@@ -108,30 +110,202 @@ std::unique_ptr<StorageFile> open_storage_file(const std::filesystem::path& path
 
 }  // namespace detail
 
-std::unique_ptr<Storage> make_storage(std::string_view name, const StorageOptions& options) {
-  if (name == "auto") return detail::make_auto_storage(options);
-  if (name == "posix") return detail::make_posix_storage(options);
-  if (name == "mmap") return detail::make_mmap_storage(options);
-  if (name == "uring" && detail::uring_available()) return detail::make_uring_storage(options);
-  // "3fs" reports why its library cannot be used (which library, which symbol).
-  if (name == "3fs") return detail::make_usrbio_storage(options);
-  // "gds" likewise (no cuda_device, no CUDA, no cuFile, or its driver would not open).
-  if (name == "gds") return detail::make_gds_storage(options, nullptr);
+namespace {
 
+// One row of the backend table: what the backend is, whether it can run here, how to make it.
+struct BackendEntry {
+  BackendInfo info;
+  // "" when the backend can run on this machine, else the sentence a user sees. Never throws.
+  std::string (*unavailable)(const StorageOptions& options) = nullptr;
+  std::unique_ptr<Storage> (*make)(const StorageOptions& options) = nullptr;
+};
+
+constexpr std::string_view kDefaultBackend = "auto";
+
+std::string always_available(const StorageOptions& /*options*/) { return {}; }
+
+std::string uring_unavailable(const StorageOptions& /*options*/) {
+  if (detail::uring_available()) return {};
+  return "backend 'uring' cannot run on this kernel: io_uring is missing or disabled "
+         "(io_uring_setup failed, or it cannot read)";
+}
+
+// The 3FS client library: loading it is the whole check (a mount is checked per file).
+std::string hf3fs_unavailable(const StorageOptions& /*options*/) {
+  try {
+    static_cast<void>(detail::hf3fs_api());
+    return {};
+  } catch (const std::exception& e) {
+    return std::string("backend '3fs' cannot run here: ") + e.what();
+  }
+}
+
+// The cuFile library: whether the driver opens and in which mode is the device load's
+// business (storage/device_storage.hpp), as are the CUDA device and the nvidia-fs module.
+std::string cufile_unavailable(const StorageOptions& /*options*/) {
+  try {
+    static_cast<void>(detail::cufile_api());
+    return {};
+  } catch (const std::exception& e) {
+    return std::string("backend 'gds' cannot run here: ") + e.what();
+  }
+}
+
+std::unique_ptr<Storage> make_gds(const StorageOptions& options) {
+  return detail::make_gds_storage(options, nullptr);
+}
+
+// The registered backends, in the order `bench` shows them. Adding a backend: a row here
+// (docs/architecture.md, "Adding a backend").
+const std::vector<BackendEntry>& backend_table() {
+  static const std::vector<BackendEntry> table = [] {
+    std::vector<BackendEntry> rows;
+    {
+      BackendEntry e;
+      e.info.name = "auto";
+      e.info.summary =
+          "per file: buffered posix when small or mostly in the page cache, else O_DIRECT "
+          "through io_uring";
+      e.info.picks_direct = true;
+      e.info.host_destinations = true;
+      e.info.benchmarked = true;
+      e.info.uses_threads = e.info.uses_block_size = e.info.uses_queue_depth = true;
+      e.unavailable = &always_available;
+      e.make = &detail::make_auto_storage;
+      rows.push_back(std::move(e));
+    }
+    {
+      BackendEntry e;
+      e.info.name = "posix";
+      e.info.summary = "a thread pool of pread()s straight into the destination";
+      e.info.takes_direct = true;
+      e.info.host_destinations = true;
+      e.info.benchmarked = e.info.tuned = true;
+      e.info.uses_threads = e.info.uses_block_size = true;
+      e.unavailable = &always_available;
+      e.make = &detail::make_posix_storage;
+      rows.push_back(std::move(e));
+    }
+    {
+      BackendEntry e;
+      e.info.name = "uring";
+      e.info.summary = "io_uring: many reads in flight per thread, registered files";
+      e.info.takes_direct = true;
+      e.info.host_destinations = true;
+      e.info.benchmarked = e.info.tuned = true;
+      e.info.uses_threads = e.info.uses_block_size = e.info.uses_queue_depth = true;
+      e.unavailable = &uring_unavailable;
+      e.make = &detail::make_uring_storage;
+      rows.push_back(std::move(e));
+    }
+    {
+      BackendEntry e;
+      e.info.name = "mmap";
+      e.info.summary =
+          "map each file and memcpy out of it: the reference implementation's way, the "
+          "baseline";
+      e.info.host_destinations = true;
+      e.info.owns_buffers = true;
+      e.info.preferred_allocator = true;
+      e.info.baseline = true;
+      e.info.benchmarked = true;
+      e.unavailable = &always_available;
+      e.make = &detail::make_mmap_storage;
+      rows.push_back(std::move(e));
+    }
+    {
+      BackendEntry e;
+      e.info.name = "3fs";
+      e.info.summary =
+          "3FS USRBIO (client library loaded at run time): files on a 3FS mount, zero copy "
+          "into shared-memory iovs";
+      e.info.host_destinations = true;
+      e.info.needs_mount = true;
+      e.info.preferred_allocator = true;
+      e.info.benchmarked = e.info.tuned = true;
+      e.info.uses_block_size = e.info.uses_usrbio = true;
+      e.unavailable = &hf3fs_unavailable;
+      e.make = &detail::make_usrbio_storage;
+      rows.push_back(std::move(e));
+    }
+    {
+      BackendEntry e;
+      e.info.name = "gds";
+      e.info.summary =
+          "GPUDirect Storage (cuFile, loaded at run time): straight into CUDA device memory; "
+          "device loads only";
+      e.info.device_destinations = true;
+      e.info.stages_when_unusable = true;
+      e.info.benchmarked = true;
+      e.info.uses_threads = e.info.uses_block_size = true;
+      e.unavailable = &cufile_unavailable;
+      e.make = &make_gds;
+      rows.push_back(std::move(e));
+    }
+    return rows;
+  }();
+  return table;
+}
+
+const BackendEntry* find_entry(std::string_view name) noexcept {
+  for (const BackendEntry& entry : backend_table()) {
+    if (entry.info.name == name) return &entry;
+  }
+  return nullptr;
+}
+
+std::string unregistered(std::string_view name) {
   std::string names;
   for (const std::string& available : available_storage_names()) {
     names += (names.empty() ? "" : ", ") + available;
   }
-  const std::string what =
-      name == "uring" ? "' cannot run on this kernel (no io_uring)" : "' is not a storage backend";
-  throw UnsupportedError("'" + std::string(name) + what + "; available: " + names);
+  std::string message = "'";  // built by appending: GCC 12 misreports '"x" + string' (-Wrestrict)
+  message += name;
+  message += "' is not a storage backend; available: " + names;
+  return message;
+}
+
+}  // namespace
+
+std::vector<BackendInfo> storage_backends() {
+  std::vector<BackendInfo> infos;
+  for (const BackendEntry& entry : backend_table()) infos.push_back(entry.info);
+  return infos;
+}
+
+const BackendInfo* find_backend(std::string_view name) noexcept {
+  const BackendEntry* entry = find_entry(name);
+  return entry != nullptr ? &entry->info : nullptr;
+}
+
+std::string_view default_backend_name() noexcept { return kDefaultBackend; }
+
+std::string backend_unavailable_reason(std::string_view name, const StorageOptions& options) {
+  try {
+    const BackendEntry* entry = find_entry(name);
+    if (entry == nullptr) return unregistered(name);
+    return entry->unavailable(options);
+  } catch (...) {
+    return "backend '" + std::string(name) + "' cannot be checked (out of memory)";
+  }
+}
+
+std::unique_ptr<Storage> make_storage(std::string_view name, const StorageOptions& options) {
+  const BackendEntry* entry = find_entry(name);
+  if (entry == nullptr) throw UnsupportedError(unregistered(name));
+  if (std::string reason = entry->unavailable(options); !reason.empty()) {
+    throw UnsupportedError(reason);
+  }
+  return entry->make(options);
 }
 
 std::vector<std::string> available_storage_names() {
-  std::vector<std::string> names = {"auto", "posix"};
-  if (detail::uring_available()) names.emplace_back("uring");
-  names.emplace_back("mmap");
-  if (detail::hf3fs_available()) names.emplace_back("3fs");
+  std::vector<std::string> names;
+  for (const BackendEntry& entry : backend_table()) {
+    if (entry.info.host_destinations && entry.unavailable(StorageOptions{}).empty()) {
+      names.push_back(entry.info.name);
+    }
+  }
   return names;
 }
 

@@ -1,8 +1,8 @@
 // warpload bench PATH... [--runs 3] [--json] [--backends a,b,...] [--device cuda:N]
 //
 // With --device cuda:N every row loads into that device (host backends through the staged
-// pipeline, plus a "gds" row), and the pinned host-to-device copy rate, measured first in the
-// same run, is a third limit.
+// pipeline, plus a row for each device-memory backend: gds), and the pinned host-to-device copy
+// rate, measured first in the same run, is a third limit.
 //
 // Cold phase first (the cold limit, then every row with the page cache dropped before each
 // run), then the warm phase (files read into the cache once, the warm limit, every row):
@@ -65,9 +65,11 @@ struct BenchResult {
   CacheDrop cache_drop = CacheDrop::kFailed;
   std::vector<std::string> notes;
 
-  [[nodiscard]] std::optional<double> mmap_warm() const {
+  // The warm figure of the baseline backend (the reference's way of reading), if measured.
+  [[nodiscard]] std::optional<double> baseline_warm() const {
     for (const BenchRow& row : rows) {
-      if (row.backend == "mmap" && !row.direct) {
+      const BackendInfo* info = find_backend(row.backend);
+      if (info != nullptr && info->baseline && !row.direct) {
         return row.warm.gbps;
       }
     }
@@ -115,9 +117,10 @@ void measure_row(const BenchRow& row, Measurement& m, const std::vector<fs::path
         return;
       }
       const LoadStats stats = load_once(row, paths, device);
-      if (row.backend == "gds" && !stats.gds_fallback.empty()) {
+      const BackendInfo* info = find_backend(row.backend);
+      if (info != nullptr && info->stages_when_unusable && !stats.gds_fallback.empty()) {
         // The load went through the staged pipeline: that is another row's figure.
-        notes.push_back(fmt::format("gds: not used: {}", stats.gds_fallback));
+        notes.push_back(fmt::format("{}: not used: {}", row.backend, stats.gds_fallback));
         m.gbps.reset();
         return;
       }
@@ -158,22 +161,16 @@ BenchResult run_measurements(const BenchOptions& options) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(fmt::format("--device: {}", e.what()));
   }
-  std::vector<std::string> available = available_storage_names();
-  if (device.is_cuda()) {
-    available.emplace_back("gds");  // device loads only
+  for (const std::string& name : options.backends) {
+    static_cast<void>(check_backend_name(name, "--backends", device.is_cuda()));
   }
+  // Every benchmarked backend this load can name here, in the registry's order.
   std::vector<std::string> selected;
-  if (options.backends.empty()) {
-    selected = available;
-  } else {
-    for (const std::string& name : options.backends) {
-      check_backend_name(name, available, "--backends");
-    }
-    for (const std::string& name : available) {
-      if (std::find(options.backends.begin(), options.backends.end(), name) !=
-          options.backends.end()) {
-        selected.push_back(name);
-      }
+  for (const BackendInfo& info : storage_backends()) {
+    if (!info.benchmarked || !usable_here(info, device.is_cuda())) continue;
+    if (options.backends.empty() || std::find(options.backends.begin(), options.backends.end(),
+                                              info.name) != options.backends.end()) {
+      selected.push_back(info.name);
     }
   }
 
@@ -263,6 +260,14 @@ std::optional<double> percent(const std::optional<double>& fraction) {
   return fraction ? std::optional(*fraction * 100) : std::nullopt;
 }
 
+// "× mmap (warm)": the baseline backend's column.
+std::string baseline_column() {
+  for (const BackendInfo& info : storage_backends()) {
+    if (info.baseline) return fmt::format("× {} (warm)", info.name);
+  }
+  return "× baseline (warm)";
+}
+
 void print_text(const BenchResult& r) {
   const bool device = r.device != "cpu";
   std::vector<TextTable::Column> columns = {{"backend"},
@@ -270,12 +275,12 @@ void print_text(const BenchResult& r) {
                                             {"% cold limit", TextTable::kRight},
                                             {"warm GB/s", TextTable::kRight},
                                             {"% warm limit", TextTable::kRight},
-                                            {"× mmap (warm)", TextTable::kRight}};
+                                            {baseline_column(), TextTable::kRight}};
   if (device) {
     columns.push_back({"% H2D (warm)", TextTable::kRight});
   }
   TextTable table(std::move(columns));
-  const std::optional<double> mmap_warm = r.mmap_warm();
+  const std::optional<double> baseline_warm = r.baseline_warm();
   for (const BenchRow& row : r.rows) {
     std::vector<std::string> cells = {
         row.label(),
@@ -283,7 +288,7 @@ void print_text(const BenchResult& r) {
         optional_text(percent(ratio(row.cold.gbps, r.cold_limit)), "{:.0f}%"),
         optional_text(row.warm.gbps, "{:.2f}"),
         optional_text(percent(ratio(row.warm.gbps, r.warm_limit)), "{:.0f}%"),
-        optional_text(ratio(row.warm.gbps, mmap_warm), "{:.2f}×")};
+        optional_text(ratio(row.warm.gbps, baseline_warm), "{:.2f}×")};
     if (device) {
       cells.push_back(optional_text(percent(ratio(row.warm.gbps, r.h2d_limit)), "{:.0f}%"));
     }
@@ -349,7 +354,7 @@ void print_json(const BenchResult& r) {
   optional_field(w, "cold_limit_gbps", r.cold_limit);
   optional_field(w, "warm_limit_gbps", r.warm_limit);
   optional_field(w, "h2d_limit_gbps", r.h2d_limit);
-  const std::optional<double> mmap_warm = r.mmap_warm();
+  const std::optional<double> baseline_warm = r.baseline_warm();
   w.key("rows").begin_array();
   for (const BenchRow& row : r.rows) {
     w.begin_object()
@@ -362,7 +367,7 @@ void print_json(const BenchResult& r) {
     optional_field(w, "warm_gbps", row.warm.gbps);
     optional_field(w, "warm_fraction_of_limit", ratio(row.warm.gbps, r.warm_limit));
     w.field("warm_backend", row.warm.resolved);
-    optional_field(w, "warm_vs_mmap", ratio(row.warm.gbps, mmap_warm));
+    optional_field(w, "warm_vs_mmap", ratio(row.warm.gbps, baseline_warm));
     optional_field(w, "warm_fraction_of_h2d", ratio(row.warm.gbps, r.h2d_limit));
     optional_field(w, "cold_fraction_of_h2d", ratio(row.cold.gbps, r.h2d_limit));
     w.end_object();

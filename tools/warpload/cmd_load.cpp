@@ -223,8 +223,8 @@ void print_text(const LoadCommandOptions& options, const std::vector<PlannedFile
                        format_seconds(stats.verify_seconds));
   }
   if (!options.manifest.empty()) {
-    out += fmt::format("manifest: {} tensors match {}\n", tensors.size(),
-                       options.manifest.string());
+    out +=
+        fmt::format("manifest: {} tensors match {}\n", tensors.size(), options.manifest.string());
   }
   const std::uint64_t rss = peak_rss_bytes();
   out += fmt::format(
@@ -237,16 +237,19 @@ void print_text(const LoadCommandOptions& options, const std::vector<PlannedFile
 
 std::string describe_backend(const LoadStats& stats, bool direct) {
   const char* plural = stats.files == 1 ? "" : "s";
-  if (stats.backend == "auto") {
-    return fmt::format("auto: {} of {} file{} O_DIRECT", stats.direct_files, stats.files, plural);
+  const BackendInfo* found = find_backend(stats.backend);
+  const BackendInfo info = found != nullptr ? *found : BackendInfo{};  // none: custom storage
+  if (info.picks_direct) {
+    return fmt::format("{}: {} of {} file{} O_DIRECT", stats.backend, stats.direct_files,
+                       stats.files, plural);
   }
-  if (stats.backend == "3fs") {
-    return resolve_usrbio_target(stats.storage.usrbio.target) == UsrbioTarget::kIov
-               ? "3fs, zero copy into iovs"
-               : "3fs, through staging iovs";
+  if (info.uses_usrbio) {
+    return stats.backend + (resolve_usrbio_target(stats.storage.usrbio.target) == UsrbioTarget::kIov
+                                ? ", zero copy into iovs"
+                                : ", through staging iovs");
   }
-  if (stats.backend == "gds") {
-    return stats.gds_compat_mode ? "gds, cuFile compatibility mode" : "gds";
+  if (info.device_destinations) {
+    return stats.gds_compat_mode ? stats.backend + ", cuFile compatibility mode" : stats.backend;
   }
   if (!direct) return stats.backend;
   if (stats.direct_files == stats.files) return stats.backend + ", O_DIRECT";
@@ -316,19 +319,12 @@ void run_load(const LoadCommandOptions& options) {
     throw UsageError(fmt::format("--device: {}", e.what()));
   }
   if (!options.backend.empty()) {
-    std::vector<std::string> names = available_storage_names();
-    if (to_device) names.emplace_back("gds");  // device loads only; falls back to staged
-    check_backend_name(options.backend, names, "--backend");
+    static_cast<void>(check_backend_name(options.backend, "--backend", to_device));
   }
   if (options.direct) {
     // Without --backend the config picks the backend: resolve it the way the loader will.
-    std::string backend = options.backend;
-    if (backend.empty()) {
-      const std::optional<std::filesystem::path> found = find_config_file(options.config);
-      const std::optional<TunedSettings> config =
-          found ? std::optional<TunedSettings>(read_config(*found)) : std::nullopt;
-      backend = apply_config("", {}, config ? &*config : nullptr).backend;
-    }
+    const std::string backend =
+        resolve_settings(options.backend, {}, options.config, true).settings.backend;
     if (!backend_takes_direct(backend)) {
       throw UsageError(fmt::format("--direct does not apply to backend '{}'", backend));
     }

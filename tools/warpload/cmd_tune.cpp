@@ -1,11 +1,11 @@
 // warpload tune PATH... [--backend NAME] [--config FILE] [--runs N] [--quick]
 //
-// Coarse to fine: first the backend (posix, uring, uring --direct, and 3fs when available;
-// or only the named one) at its defaults, then one parameter at a time on the best so far,
-// each sweep keeping the fastest value; the leaders are measured twice more and ranked by
-// their median, to damp noise. Every
-// run is cold when the page cache can be dropped (as bench does), warm otherwise. The best
-// settings are written to the config file that `load` and the library read.
+// Coarse to fine: first the backend (every one the registry marks `tuned` that can run here,
+// with and without --direct where it applies; or only the named one) at its defaults, then one
+// parameter at a time on the best so far, each sweep keeping the fastest value; the leaders are
+// measured twice more and ranked by their median, to damp noise. Every run is cold when the page
+// cache can be dropped (as bench does), warm otherwise. The best settings are written to the config
+// file that `load` and the library read.
 
 #include <fmt/core.h>
 
@@ -53,6 +53,13 @@ Candidate direct_candidate(std::string backend) {
   return c;
 }
 
+// Whether the candidate's backend reads only files on its own file system (a 3FS mount): one
+// that cannot serve these files is skipped, not an error.
+bool needs_mount(const Candidate& c) {
+  const BackendInfo* info = find_backend(c.backend);
+  return info != nullptr && info->needs_mount;
+}
+
 std::string size_text(std::uint64_t bytes) {
   if (bytes % kMiB == 0) return fmt::format("{}MiB", bytes / kMiB);
   if (bytes % 1024 == 0) return fmt::format("{}KiB", bytes / 1024);
@@ -90,6 +97,7 @@ std::function<std::vector<std::int64_t>(const StorageOptions&)> fixed(
   return [values = std::move(values)](const StorageOptions&) { return values; };
 }
 
+// The settings `backend` reads (BackendInfo::uses_*), in the order they are swept.
 std::vector<Parameter> parameters_for(const std::string& backend, bool quick) {
   const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
   Parameter block{"block size",
@@ -100,15 +108,21 @@ std::vector<Parameter> parameters_for(const std::string& backend, bool quick) {
       "threads",
       fixed(quick ? std::vector<std::int64_t>{1, 2} : std::vector<std::int64_t>{1, 2, 4}),
       [](StorageOptions& s, std::int64_t v) { s.threads = static_cast<unsigned>(v); }};
-  if (backend == "posix") return {block, threads};
-  if (backend == "uring") {
+  const BackendInfo* info = find_backend(backend);
+  if (info == nullptr) return {};
+  std::vector<Parameter> sweep;
+  if (!info->uses_usrbio) {
+    if (info->uses_block_size) sweep.push_back(block);
+    if (info->uses_threads) sweep.push_back(threads);
+  }
+  if (info->uses_queue_depth) {
     Parameter depth{
         "queue depth",
         fixed(quick ? std::vector<std::int64_t>{8, 32} : std::vector<std::int64_t>{8, 32, 64}),
         [](StorageOptions& s, std::int64_t v) { s.queue_depth = static_cast<unsigned>(v); }};
-    return {block, threads, depth};
+    sweep.push_back(depth);
   }
-  if (backend == "3fs") {
+  if (info->uses_usrbio) {
     Parameter rings{
         "rings",
         fixed(quick ? std::vector<std::int64_t>{1, 2} : std::vector<std::int64_t>{1, 2, 4}),
@@ -137,9 +151,12 @@ std::vector<Parameter> parameters_for(const std::string& backend, bool quick) {
         fixed({static_cast<std::int64_t>(UsrbioTarget::kIov),
                static_cast<std::int64_t>(UsrbioTarget::kStaging)}),
         [](StorageOptions& s, std::int64_t v) { s.usrbio.target = static_cast<UsrbioTarget>(v); }};
-    return {target, block, rings, entries, io_depth, staging, iov_block};
+    sweep.push_back(target);
+    if (info->uses_block_size) sweep.push_back(block);
+    if (info->uses_threads) sweep.push_back(threads);
+    sweep.insert(sweep.end(), {rings, entries, io_depth, staging, iov_block});
   }
-  return {};  // auto, mmap: nothing to sweep
+  return sweep;  // empty (mmap): nothing to sweep
 }
 
 struct Result {
@@ -249,11 +266,11 @@ class Tuner {
     } catch (const IoError& e) {
       // A backend that cannot serve these files (O_DIRECT refused with EINVAL, 3fs on a file
       // outside a 3FS mount) is skipped; any other read error is the user's problem.
-      if (!(c.storage.direct && e.error_number() == EINVAL) && c.backend != "3fs") throw;
+      if (!(c.storage.direct && e.error_number() == EINVAL) && !needs_mount(c)) throw;
       note(fmt::format("{}: {}", label(c), e.what()));
       return std::nullopt;
     } catch (const Error& e) {
-      if (c.backend != "3fs") throw;  // 3fs refuses files outside a 3FS mount in several ways
+      if (!needs_mount(c)) throw;  // 3fs refuses files outside a 3FS mount in several ways
       note(fmt::format("{}: {}", label(c), e.what()));
       return std::nullopt;
     }
@@ -294,24 +311,18 @@ std::string utc_now() {
 
 void run_tune(const TuneOptions& options) {
   const auto started = std::chrono::steady_clock::now();
-  const std::vector<std::string> available = available_storage_names();
-  const auto is_available = [&](std::string_view name) {
-    return std::find(available.begin(), available.end(), name) != available.end();
-  };
-
-  // Coarse candidates: backends (and O_DIRECT) at their defaults.
+  // Coarse candidates: backends (and O_DIRECT where it applies) at their defaults.
   std::vector<Candidate> coarse;
+  const auto add_coarse = [&](const BackendInfo& info) {
+    coarse.push_back({info.name, {}});
+    if (info.takes_direct) coarse.push_back(direct_candidate(info.name));
+  };
   if (!options.backend.empty()) {
-    check_backend_name(options.backend, available, "--backend");
-    coarse.push_back({options.backend, {}});
-    if (backend_takes_direct(options.backend) && options.backend != "3fs") {
-      coarse.push_back(direct_candidate(options.backend));
-    }
+    add_coarse(check_backend_name(options.backend, "--backend", false));
   } else {
-    coarse.push_back({"posix", {}});
-    coarse.push_back({"uring", {}});
-    coarse.push_back(direct_candidate("uring"));
-    if (is_available("3fs")) coarse.push_back({"3fs", {}});
+    for (const BackendInfo& info : storage_backends()) {
+      if (info.tuned && usable_here(info, false)) add_coarse(info);
+    }
   }
   // Fail on a bad destination before spending minutes measuring.
   const fs::path config_path = config_write_path(options.config);

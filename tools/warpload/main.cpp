@@ -18,14 +18,18 @@
 #include <system_error>
 #include <vector>
 
+#include "backend_names.hpp"
 #include "commands.hpp"
 #include "units.hpp"
 #include "warpload/error.hpp"
+#include "warpload/storage.hpp"
 #include "warpload/version.hpp"
 
 namespace {
 
 namespace cli = warpload::cli;
+using warpload::BackendInfo;
+using warpload::default_backend_name;
 
 enum ExitStatus : int {
   kGeneric = 1,
@@ -129,10 +133,19 @@ int run(int argc, char** argv) {
   CLI::App* load_cmd = app.add_subcommand(
       "load", "Load every tensor into host or device memory and report the throughput");
   add_paths(load_cmd, load_paths);
-  load_cmd->add_option("--backend", load.backend,
-                       "storage backend: auto, posix, uring, mmap, 3fs (those this machine can "
-                       "run; default: the config's, else auto)");
-  load_cmd->add_flag("--direct", load.direct, "open files with O_DIRECT (posix, uring)");
+  load_cmd->add_option(
+      "--backend", load.backend,
+      fmt::format("storage backend: {}; with --device cuda:N also {} (those this machine can "
+                  "run; default: the config's, else {})",
+                  cli::backend_list([](const BackendInfo& b) { return b.host_destinations; }),
+                  cli::backend_list([](const BackendInfo& b) {
+                    return b.device_destinations && !b.host_destinations;
+                  }),
+                  default_backend_name()));
+  load_cmd->add_flag(
+      "--direct", load.direct,
+      fmt::format("open files with O_DIRECT ({})",
+                  cli::backend_list([](const BackendInfo& b) { return b.takes_direct; })));
   load_cmd->add_option("--threads", load.threads, "worker threads (default: backend's)")
       ->check(CLI::Range(1U, 1024U));
   load_cmd
@@ -174,9 +187,12 @@ int run(int argc, char** argv) {
   CLI::App* hash_cmd = app.add_subcommand(
       "hash", "Print a manifest of per-tensor XXH3-64 digests (for load --manifest)");
   add_paths(hash_cmd, hash_paths);
-  hash_cmd->add_option("--backend", hash.backend,
-                       "storage backend (default: the config's, else auto); the bytes are "
-                       "verified with a second, plain read either way");
+  hash_cmd->add_option(
+      "--backend", hash.backend,
+      fmt::format("storage backend: {} (default: the config's, else {}); the bytes are verified "
+                  "with a second, plain read either way",
+                  cli::backend_list([](const BackendInfo& b) { return b.host_destinations; }),
+                  default_backend_name()));
 
   std::vector<std::string> bench_paths;
   cli::BenchOptions bench;
@@ -188,8 +204,11 @@ int run(int argc, char** argv) {
       ->check(CLI::Range(1U, 1000U));
   bench_cmd->add_flag("--json", bench.json, "print one JSON object");
   bench_cmd
-      ->add_option("--backends", bench.backends,
-                   "comma-separated backends to measure (default: all available)")
+      ->add_option(
+          "--backends", bench.backends,
+          fmt::format("comma-separated backends to measure, of {} (default: all "
+                      "available)",
+                      cli::backend_list([](const BackendInfo& b) { return b.benchmarked; })))
       ->delimiter(',');
   bench_cmd->add_option("--device", bench.device,
                         "cpu or cuda:N: load into the device (every backend staged, plus gds) and "
@@ -200,8 +219,11 @@ int run(int argc, char** argv) {
   CLI::App* tune_cmd = app.add_subcommand(
       "tune", "Measure backend settings on these files and save the fastest as the config");
   add_paths(tune_cmd, tune_paths);
-  tune_cmd->add_option("--backend", tune.backend,
-                       "tune only this backend (default: posix, uring, uring --direct)");
+  tune_cmd->add_option(
+      "--backend", tune.backend,
+      fmt::format("tune only this backend (default: {}, with and without --direct where it "
+                  "applies, those this machine can run)",
+                  cli::backend_list([](const BackendInfo& b) { return b.tuned; })));
   tune_cmd->add_option("--config", tune.config,
                        "file to write (default: $WARPLOAD_CONFIG, else "
                        "~/.config/warpload/config.json)");

@@ -1,4 +1,4 @@
-#include "core/device_storage.hpp"
+#include "storage/device_storage.hpp"
 
 #include <cstdio>
 #include <cstdlib>
