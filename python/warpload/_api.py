@@ -7,14 +7,15 @@ import os
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import _tensors, _warpload
+from . import _safetensors, _tensors, _warpload
 from ._progress import Progress, ProgressArg
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Keyword options every entry point takes, with the engine's meaning (docs/python.md).
 _OPTION_DEFAULTS: Dict[str, Any] = {
-    "backend": None,        # "auto", "posix", "uring", "mmap", "3fs" (None: the config's, else auto)
+    "backend": None,        # "auto", "posix", "uring", "mmap", "3fs", "gds"; safetensors'
+                            # "pread" = "posix" (None: the config's, else auto)
     "direct": False,        # O_DIRECT (posix, uring)
     "threads": 0,           # storage worker threads (0: backend default)
     "block_size": 0,        # bytes per read operation (0: backend default)
@@ -67,6 +68,7 @@ def _torch_cuda_allocator(device: str) -> Any:
 def make_loader(paths: Sequence[PathLike], device: str, kind: str,
                 options: Dict[str, Any]) -> "_warpload._Loader":
     o = _check_options(options)
+    o["backend"] = _safetensors.backend_name(o["backend"])
     allocator = _torch_cuda_allocator(device) if kind == "torch" else None
     loader = _warpload._Loader(
         backend=o["backend"] or "", direct=bool(o["direct"]), threads=int(o["threads"]),
@@ -75,7 +77,10 @@ def make_loader(paths: Sequence[PathLike], device: str, kind: str,
         device=device, staging_bytes=int(o["staging_bytes"]),
         mount_point=o["mount_point"] or "", allocator=allocator)
     for path in paths:
-        loader.add(os.fspath(path))
+        try:
+            loader.add(os.fspath(path))
+        except FileNotFoundError as e:
+            raise _safetensors.not_found(e, path) from None
     return loader
 
 
@@ -149,14 +154,17 @@ class safe_open:  # noqa: N801 - the name safetensors users know
     # -- header facts (no load needed) --
     def keys(self) -> List[str]:
         """Tensor names, sorted (as safetensors)."""
+        self._check_open()
         return sorted(self._info)
 
     def offset_keys(self) -> List[str]:
         """Tensor names in file order, then data order."""
+        self._check_open()
         return list(self._order)
 
     def metadata(self) -> Optional[Dict[str, str]]:
         """The "__metadata__" map (merged over files), or None when there is none."""
+        self._check_open()
         merged: Dict[str, str] = {}
         for _path, _tensors_, metadata, _offset, _size in self._plan:
             for key, value in metadata.items():
@@ -179,6 +187,11 @@ class safe_open:  # noqa: N801 - the name safetensors users know
         dtype, shape = self._lookup(name)
         return SafeSlice(self, name, dtype, shape)
 
+    def get_tensors(self) -> Dict[str, Any]:
+        """Every tensor, {name: tensor} in file order (as safetensors' get_tensors)."""
+        loader = self._loaded()
+        return {name: _tensors.convert(loader.tensor(name), self._kind) for name in self._order}
+
     def close(self) -> None:
         """Drops this handle's buffers; returned tensors stay valid. Idempotent."""
         if self._loader is not None:
@@ -191,7 +204,12 @@ class safe_open:  # noqa: N801 - the name safetensors users know
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        if self._loader is None:
+            raise _safetensors.ClosedHandleError("safe_open handle is closed")
+
     def _lookup(self, name: str) -> Tuple[str, Tuple[int, ...]]:
+        self._check_open()
         try:
             return self._info[name]
         except KeyError:
@@ -202,7 +220,7 @@ class safe_open:  # noqa: N801 - the name safetensors users know
 
     def _loaded(self) -> "_warpload._Loader":
         if self._loader is None:
-            raise ValueError("safe_open handle is closed")
+            raise _safetensors.ClosedHandleError("safe_open handle is closed")
         if not self._loader.loaded:
             self.stats = run_load(self._loader, self._progress, "warpload")
         return self._loader
@@ -234,6 +252,7 @@ class SafeSlice:
         return self._shape[0]
 
     def __getitem__(self, index: Any) -> Any:
+        _safetensors.check_index(index, self._shape)
         tensor = self._handle.get_tensor(self._name)
         if not _tensors.is_raw_for(self._handle._kind, self._dtype):
             if self._handle._kind == "dlpack":
