@@ -48,21 +48,23 @@ def backend_name(backend: Optional[str]) -> Optional[str]:
     return name
 
 
+class MissingFileError(FileNotFoundError):
+    """A missing file: errno ENOENT and filename set, str() in safetensors' words."""
+
+    def __str__(self) -> str:
+        return f"No such file or directory: {self.filename}"
+
+
 def not_found(error: FileNotFoundError, given: Any) -> FileNotFoundError:
-    """safetensors' message for a missing file ("No such file or directory: <path>"), with
-    errno and filename set; a model id missing from the Hugging Face cache keeps warpload's
-    message, which says where it looked."""
-    text = str(error)
-    if not text.rstrip().endswith("no such file or directory"):
-        return error  # an index naming a missing shard, a model id not in the cache, ...
-    path = os.fspath(given) if isinstance(given, (str, bytes, os.PathLike)) else text
+    """safetensors' message for a missing file ("No such file or directory: <path>"); other
+    not-found errors (an index naming a missing shard, a model id missing from the Hugging
+    Face cache, which says where it looked) keep warpload's message."""
+    if not str(error).rstrip().endswith("no such file or directory"):
+        return error
+    path = os.fspath(given) if isinstance(given, (str, bytes, os.PathLike)) else str(given)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    replacement = FileNotFoundError(f"No such file or directory: {path}")
-    replacement.errno = errno.ENOENT
-    replacement.strerror = os.strerror(errno.ENOENT)
-    replacement.filename = path
-    return replacement
+    return MissingFileError(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
 
 def _describe(items: Sequence[Any]) -> str:

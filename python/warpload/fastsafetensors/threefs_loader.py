@@ -17,12 +17,12 @@ from .common import init_logger
 from .loader import BaseSafeTensorsFileLoader
 from .parallel_loader import PipelineParallel
 
-__all__ = ["ParallelThreeFSLoader", "ThreeFSLoader", "extract_mount_point"]
+__all__ = ["ParallelThreeFSLoader", "ThreeFSLoader"]
 
 logger = init_logger(__name__)
 
 
-def extract_mount_point(path: str) -> Optional[str]:
+def _find_mount_point(path: str) -> Optional[str]:
     """The 3FS mount holding `path`, or None when none is found."""
     try:
         from fastsafetensor_3fs_reader import extract_mount_point as external
@@ -51,7 +51,7 @@ class ThreeFSLoader(BaseSafeTensorsFileLoader):
         out = dict(ext_config)
         if not str(out.get("mount_point") or "").strip():
             files = kwargs.get("hf_weights_files") or []
-            mount = extract_mount_point(files[0]) if files else None
+            mount = _find_mount_point(files[0]) if files else None
             if mount:
                 out["mount_point"] = mount
                 logger.info("Inferred 3FS mount_point=%s from file paths", mount)
@@ -76,7 +76,7 @@ class ParallelThreeFSLoader(PipelineParallel):
                  framework: str = "pytorch", **kwargs: Any) -> None:
         files = list(hf_weights_files)
         mount_point = kwargs.pop("mount_point", None) or (
-            extract_mount_point(files[0]) if files else None)
+            _find_mount_point(files[0]) if files else None)
         loader = ThreeFSLoader(pg, device=device, mount_point=mount_point or "",
                                disable_cache=True, debug_log=debug_log, framework=framework,
                                **kwargs)

@@ -91,7 +91,7 @@ class TorchOp(FrameworkOpBase):
     def is_equal(self, wrapped: Any, real: Any) -> bool:
         left = wrapped.get_raw() if isinstance(wrapped, TensorBase) else wrapped
         if not isinstance(real, torch.Tensor):
-            real = torch.tensor(real, dtype=left.dtype)
+            raise TypeError(f"is_equal compares with a torch.Tensor, not {type(real).__name__}")
         return bool(torch.equal(left.cpu(), real.cpu()))
 
     def concat_tensors(self, tensors: List[TensorBase], dim: int) -> TorchTensor:
