@@ -300,9 +300,9 @@ def test_slicing_errors_as_safetensors(tmp_path):
                              "bounds for tensor dimension #0 of size 10"),
             ((slice(None), slice(None, 20)), "Error during slicing [:, :20] with shape [10, 5]: "
                                             "index 19 out of bounds for tensor dimension #1 "
-                                            "of size 5",
-        }
-        for index, message in cases.items():
+                                            "of size 5"),
+        ]
+        for index, message in cases:
             with pytest.raises(warpload.SafetensorError) as info:
                 s[index]
             assert str(info.value) == message
