@@ -380,10 +380,19 @@ using namespace warpload::python;  // NOLINT(google-build-using-namespace)
 PYBIND11_MODULE(_warpload, m) {
   m.doc() = "warpload engine bindings; use the warpload package, not this module directly";
 
+  // safetensors' own error type, so `except SafetensorError` of safetensors code catches
+  // warpload's invalid-file errors too (the drop-in raises it for misuse safetensors refuses).
+  PyObject* safetensor_error = PyErr_NewExceptionWithDoc(
+      "warpload.SafetensorError", "safetensors.SafetensorError: a malformed file or misuse.",
+      PyExc_Exception, nullptr);
+  py::tuple invalid_file_bases = py::make_tuple(py::handle(PyExc_ValueError),
+                                                py::handle(safetensor_error));
   g_invalid_file_error = PyErr_NewExceptionWithDoc(
       "warpload.InvalidFileError",
-      "A malformed safetensors file or index (a ValueError); `rule` names the rule it broke.",
-      PyExc_ValueError, nullptr);
+      "A malformed safetensors file or index (a ValueError and a SafetensorError); `rule` "
+      "names the rule it broke.",
+      invalid_file_bases.ptr(), nullptr);
+  m.attr("SafetensorError") = py::reinterpret_steal<py::object>(safetensor_error);
   g_unsupported_error = PyErr_NewExceptionWithDoc(
       "warpload.UnsupportedError",
       "A valid request this machine or build cannot serve, e.g. no CUDA driver or no 3FS "

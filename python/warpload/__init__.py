@@ -7,6 +7,7 @@
     for name, t in warpload.iterate_weights(files, memory_limit=256 << 20):
         ...
     from warpload.fastsafetensors import SafeTensorsFileLoader   # fastsafetensors drop-in
+    tensors = warpload.torch.load(data)          # bytes; warpload.numpy too (safetensors.*)
 
 Importing warpload does not import torch or numpy; they are imported on first use.
 See docs/python.md for the zero-copy and lifetime rules, dtype fallbacks and errors.
@@ -16,6 +17,7 @@ from ._warpload import (
     CancelledError,
     DLPackTensor,
     InvalidFileError,
+    SafetensorError,
     UnsupportedError,
     __version__,
     available_backends,
@@ -24,6 +26,7 @@ from ._warpload import (
     live_host_bytes,
 )
 from ._api import SafeSlice, iterate_weights, load_file, safe_open
+from ._api import load_bytes as load
 from ._tensors import stored_dtype
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "DLPackTensor",
     "InvalidFileError",
     "SafeSlice",
+    "SafetensorError",
     "UnsupportedError",
     "__version__",
     "available_backends",
@@ -38,6 +42,7 @@ __all__ = [
     "cuda_available",
     "iterate_weights",
     "live_host_bytes",
+    "load",
     "load_file",
     "safe_open",
     "stored_dtype",

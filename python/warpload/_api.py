@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import _tensors, _warpload
+from . import _safetensors, _tensors, _warpload
 from ._options import _OPTION_DEFAULTS, _check_options  # noqa: F401 - re-exported
 from ._progress import Progress, ProgressArg
 
@@ -42,6 +42,7 @@ def _torch_cuda_allocator(device: str) -> Any:
 def make_loader(paths: Sequence[PathLike], device: str, kind: str,
                 options: Dict[str, Any]) -> "_warpload._Loader":
     o = _check_options(options)
+    o["backend"] = _safetensors.backend_name(o["backend"])
     allocator = _torch_cuda_allocator(device) if kind == "torch" else None
     loader = _warpload._Loader(
         backend=o["backend"] or "", direct=bool(o["direct"]), threads=int(o["threads"]),
@@ -50,7 +51,10 @@ def make_loader(paths: Sequence[PathLike], device: str, kind: str,
         device=device, staging_bytes=int(o["staging_bytes"]),
         mount_point=o["mount_point"] or "", allocator=allocator)
     for path in paths:
-        loader.add(os.fspath(path))
+        try:
+            loader.add(os.fspath(path))
+        except FileNotFoundError as e:
+            raise _safetensors.not_found(e, path) from None
     return loader
 
 
@@ -94,6 +98,23 @@ def load_file(filename: Union[PathLike, Sequence[PathLike]], device: Any = "cpu"
     return out
 
 
+def load_bytes(data: bytes, framework: str = "pt", device: Any = "cpu") -> Dict[str, Any]:
+    """safetensors' load(bytes): every tensor of a serialized file given as bytes, validated
+    as a file is. The bytes go through an anonymous in-memory file (memfd), read once."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"load() takes bytes, not {type(data).__name__}")
+    fd = os.memfd_create("warpload-load", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.write(fd, view[written:])
+        return load_file(f"/proc/self/fd/{fd}", device, framework=framework,
+                              progress=False, backend="posix", use_config=False)
+    finally:
+        os.close(fd)
+
+
 class safe_open:  # noqa: N801 - the name safetensors users know
     """safetensors.safe_open with warpload underneath.
 
@@ -124,14 +145,17 @@ class safe_open:  # noqa: N801 - the name safetensors users know
     # -- header facts (no load needed) --
     def keys(self) -> List[str]:
         """Tensor names, sorted (as safetensors)."""
+        self._check_open()
         return sorted(self._info)
 
     def offset_keys(self) -> List[str]:
         """Tensor names in file order, then data order."""
+        self._check_open()
         return list(self._order)
 
     def metadata(self) -> Optional[Dict[str, str]]:
         """The "__metadata__" map (merged over files), or None when there is none."""
+        self._check_open()
         merged: Dict[str, str] = {}
         for _path, _tensors_, metadata, _offset, _size in self._plan:
             for key, value in metadata.items():
@@ -154,6 +178,11 @@ class safe_open:  # noqa: N801 - the name safetensors users know
         dtype, shape = self._lookup(name)
         return SafeSlice(self, name, dtype, shape)
 
+    def get_tensors(self) -> Dict[str, Any]:
+        """Every tensor, {name: tensor} in file order (as safetensors' get_tensors)."""
+        loader = self._loaded()
+        return {name: _tensors.convert(loader.tensor(name), self._kind) for name in self._order}
+
     def close(self) -> None:
         """Drops this handle's buffers; returned tensors stay valid. Idempotent."""
         if self._loader is not None:
@@ -166,7 +195,12 @@ class safe_open:  # noqa: N801 - the name safetensors users know
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        if self._loader is None:
+            raise _safetensors.ClosedHandleError("safe_open handle is closed")
+
     def _lookup(self, name: str) -> Tuple[str, Tuple[int, ...]]:
+        self._check_open()
         try:
             return self._info[name]
         except KeyError:
@@ -177,7 +211,7 @@ class safe_open:  # noqa: N801 - the name safetensors users know
 
     def _loaded(self) -> "_warpload._Loader":
         if self._loader is None:
-            raise ValueError("safe_open handle is closed")
+            raise _safetensors.ClosedHandleError("safe_open handle is closed")
         if not self._loader.loaded:
             self.stats = run_load(self._loader, self._progress, "warpload")
         return self._loader
@@ -209,6 +243,7 @@ class SafeSlice:
         return self._shape[0]
 
     def __getitem__(self, index: Any) -> Any:
+        _safetensors.check_index(index, self._shape)
         tensor = self._handle.get_tensor(self._name)
         if not _tensors.is_raw_for(self._handle._kind, self._dtype):
             if self._handle._kind == "dlpack":

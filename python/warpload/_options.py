@@ -7,7 +7,8 @@ from typing import Any, Dict
 
 # Keyword options every entry point takes, with the engine's meaning (docs/python.md).
 _OPTION_DEFAULTS: Dict[str, Any] = {
-    "backend": None,        # warpload.backends() names (None: the config's, else auto)
+    "backend": None,        # warpload.backends() names; safetensors' "pread" = "posix"
+                            # (None: the config's, else auto)
     "direct": False,        # O_DIRECT (backends that take it)
     "threads": 0,           # storage worker threads (0: backend default)
     "block_size": 0,        # bytes per read operation (0: backend default)

@@ -3,6 +3,9 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <fstream>
 #include <set>
 #include <system_error>
 
@@ -90,12 +93,87 @@ CheckpointFiles read_index(const fs::path& index) {
   return out;
 }
 
+bool is_id_part(std::string_view part) {
+  if (part.empty() || part.front() == '.') return false;
+  return std::all_of(part.begin(), part.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.';
+  });
+}
+
+std::string env_or_empty(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? std::string(value) : std::string();
+}
+
 }  // namespace
+
+fs::path hf_hub_cache_dir() {
+  if (auto v = env_or_empty("HF_HUB_CACHE"); !v.empty()) return v;
+  if (auto v = env_or_empty("HUGGINGFACE_HUB_CACHE"); !v.empty()) return v;  // older name
+  if (auto v = env_or_empty("HF_HOME"); !v.empty()) return fs::path(v) / "hub";
+  if (auto v = env_or_empty("XDG_CACHE_HOME"); !v.empty()) {
+    return fs::path(v) / "huggingface" / "hub";
+  }
+  return fs::path(env_or_empty("HOME")) / ".cache" / "huggingface" / "hub";
+}
+
+bool looks_like_model_id(const std::string& text) {
+  const std::string_view id = std::string_view(text).substr(0, text.find('@'));
+  const auto slash = id.find('/');
+  if (slash == std::string_view::npos) return false;
+  if (!is_id_part(id.substr(0, slash)) || !is_id_part(id.substr(slash + 1))) return false;
+  if (text.size() == id.size() + 1) return false;  // "org/name@": no revision
+  // A file name that does not exist is a missing file, not a model.
+  const auto ends_with = [&](std::string_view tail) {
+    return id.size() >= tail.size() && id.substr(id.size() - tail.size()) == tail;
+  };
+  return !ends_with(".safetensors") && !ends_with(".json");
+}
+
+fs::path hf_snapshot_dir(const std::string& model_id) {
+  const auto at = model_id.find('@');
+  const std::string id = model_id.substr(0, at);
+  const std::string revision = at == std::string::npos ? "main" : model_id.substr(at + 1);
+  std::string folder = "models--" + id;
+  folder.replace(folder.find('/'), 1, "--");
+  const fs::path cache = hf_hub_cache_dir();
+  const fs::path repo = cache / folder;
+  std::error_code ec;
+  if (!fs::is_directory(repo, ec)) {
+    throw NotFoundError(model_id + ": not a file or directory, and not in the Hugging Face " +
+                        "cache: looked for " + repo.string() +
+                        " (cache from HF_HUB_CACHE, HF_HOME or ~/.cache/huggingface/hub; " +
+                        "warpload never downloads)");
+  }
+  // A branch or tag names a commit through refs/<revision>; a commit hash is a snapshot.
+  const fs::path ref = repo / "refs" / revision;
+  const bool safe = !revision.empty() && revision.find("..") == std::string::npos &&
+                    revision.front() != '/';
+  std::string commit = revision;
+  if (std::ifstream in(ref); safe && in) {
+    std::getline(in, commit);
+    while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back()))) {
+      commit.pop_back();
+    }
+  }
+  const fs::path snapshot = repo / "snapshots" / commit;
+  if (!safe || commit.empty() || commit.find('/') != std::string::npos ||
+      !fs::is_directory(snapshot, ec)) {
+    throw NotFoundError(model_id + ": revision '" + revision + "' is not in the Hugging Face " +
+                        "cache: looked for " + ref.string() + " and " +
+                        (repo / "snapshots" / revision).string());
+  }
+  return snapshot;
+}
 
 CheckpointFiles resolve_checkpoint(const fs::path& path) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
   if (ec || !fs::exists(status)) {
+    if (looks_like_model_id(path.string())) {
+      return resolve_checkpoint(hf_snapshot_dir(path.string()));
+    }
     throw NotFoundError(path.string() + ": no such file or directory");
   }
   if (fs::is_directory(status)) {

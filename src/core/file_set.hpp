@@ -20,9 +20,25 @@ struct CheckpointFiles {
 
 // A .safetensors file → itself. A directory → its model.safetensors.index.json if present,
 // else every *.safetensors in it sorted by name. A *.json file → parsed as an HF index.
-// Throws NotFoundError (missing path, directory without shards) or
+// A path that does not exist but reads as a Hugging Face model id, `org/name[@revision]`
+// → that model's snapshot in the local hub cache (hf_snapshot_dir), resolved as a directory.
+// Throws NotFoundError (missing path, directory without shards, id not in the cache) or
 // InvalidFileError(kInvalidIndex) naming the index and what is wrong with it.
 [[nodiscard]] CheckpointFiles resolve_checkpoint(const std::filesystem::path& path);
+
+// The local Hugging Face hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else
+// $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub (huggingface_hub's order).
+[[nodiscard]] std::filesystem::path hf_hub_cache_dir();
+
+// True when `text` has the shape of a model id: `org/name` or `org/name@revision`, each
+// part of letters, digits, '-', '_' and '.', not starting with '.' ("./x", "../x" are paths).
+[[nodiscard]] bool looks_like_model_id(const std::string& text);
+
+// <cache>/models--org--name/snapshots/<commit> for `org/name[@revision]` (default revision
+// "main"; a branch or tag is looked up in refs/<revision>, a commit hash used as is). No
+// network. Throws NotFoundError naming the directories it looked in when the model or the
+// revision is not in the cache.
+[[nodiscard]] std::filesystem::path hf_snapshot_dir(const std::string& model_id);
 
 // Checks that the files of an index hold exactly the tensors its weight_map names, each in
 // the file it names. `headers[i]` is the header of `files.files[i]`. No-op without an index.

@@ -15,7 +15,7 @@ PACKAGE = os.path.dirname(warpload.__file__)
 
 
 def test_typed_stubs_are_shipped():
-    for name in ("__init__.pyi", "fastsafetensors.pyi", "py.typed"):
+    for name in ("__init__.pyi", os.path.join("fastsafetensors", "__init__.pyi"), "py.typed"):
         assert os.path.exists(os.path.join(PACKAGE, name)), name
     stub = open(os.path.join(PACKAGE, "__init__.pyi")).read()
     for public in warpload.__all__:

@@ -91,7 +91,8 @@ extern "C" void on_interrupt(int /*signal*/) {
 void add_paths(CLI::App* command, std::vector<std::string>& paths) {
   command
       ->add_option("PATH", paths,
-                   "safetensors file, directory of shards, or model.safetensors.index.json")
+                   "safetensors file, directory of shards, model.safetensors.index.json, or a "
+                   "Hugging Face model id org/name[@revision] in the local hub cache")
       ->required();
 }
 
