@@ -531,6 +531,15 @@ PYBIND11_MODULE(_warpload, m) {
         "alive keeps its file's buffer).");
   m.def("available_backends", &available_storage_names);
   m.def(
+      "backend_names",
+      [] {
+        std::vector<std::string> names;
+        for (const BackendInfo& info : storage_backends()) names.push_back(info.name);
+        return names;
+      },
+      "Every registered storage backend's name (no probing), in bench order.");
+  m.attr("default_backend") = std::string(default_backend_name());
+  m.def(
       "backends",
       [] {
         py::list out;

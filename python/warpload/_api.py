@@ -110,7 +110,7 @@ def load_bytes(data: bytes, framework: str = "pt", device: Any = "cpu") -> Dict[
         while written < len(view):
             written += os.write(fd, view[written:])
         return load_file(f"/proc/self/fd/{fd}", device, framework=framework,
-                              progress=False, backend="posix", use_config=False)
+                              progress=False, use_config=False)
     finally:
         os.close(fd)
 

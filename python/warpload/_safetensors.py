@@ -40,7 +40,7 @@ def backend_name(backend: Optional[str]) -> Optional[str]:
     if backend is None or backend == "":
         return None
     name = _BACKEND_ALIASES.get(backend, backend)
-    registered = [b["name"] for b in _warpload.backends()]  # the engine's registry
+    registered = list(_warpload.backend_names())  # the engine's registry
     if name not in registered:
         raise UnknownBackendError(
             f"unknown backend '{backend}': safetensors' names are 'mmap' and 'pread', "

@@ -28,7 +28,7 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from .. import _api, _tensors, _warpload
+from .. import _api, _backends, _tensors, _warpload
 from .common import SingleGroup, init_logger
 from .copier import CopierType, WarploadCopierConstructor, create_copier_constructor
 from .file_buffer import FilesBufferOnDevice
@@ -150,7 +150,7 @@ class BaseSafeTensorsFileLoader:
                 raise TypeError("pg.size() > 1 needs a torch.distributed ProcessGroup "
                                 "(init_process_group first)")
             # Every file, in fastsafetensors' (sorted) order, read 1/world per rank.
-            if options.get("backend") == "gds":
+            if _backends.device_only(options.get("backend")):
                 options["backend"] = None  # host-memory delivery; GDS reads device memory
             distributed = _distributed.make_loader([path for path, _ in ordered], self.pg,
                                                    options, shared_storage=self._shared_storage)

@@ -4,8 +4,8 @@ fastsafetensors' copiers read a file into a device buffer themselves; here the r
 warpload's (one parallel load per copy_files_to_device()), so a built-in copier constructor
 only carries the storage options its type means:
 
-  gds     the "gds" backend when it exists and the device is CUDA, else the settings file's
-          backend, else "auto"
+  gds     the settings file's backend, else "auto" (GPUDirect Storage for a CUDA device
+          wherever cuFile runs in GDS mode, the staged pipeline otherwise)
   nogds   never "gds": the settings file's backend unless that is "gds", else "auto"
   3fs     the "3fs" (USRBIO) backend at mount_point
 max_threads and bbuf_size_kb become storage threads and staging bytes when not left at
@@ -20,8 +20,8 @@ import os
 import warnings
 from typing import Any, Dict, Optional
 
-from ... import _warpload
-from ..st_types import DeviceType, to_device
+from ... import _backends, _warpload
+from ..st_types import to_device
 from .registry import register_copier_constructor
 
 WARPLOAD_OPTIONS = ("backend", "threads", "block_size", "queue_depth", "direct", "config",
@@ -106,10 +106,9 @@ def new_gds_file_copier(device: Any, bbuf_size_kb: int = DEFAULT_BBUF_KB,
                         max_threads: int = DEFAULT_THREADS,
                         **kwargs: Any) -> WarploadCopierConstructor:
     options = storage_options(kwargs, bbuf_size_kb, max_threads)
-    if not options.get("backend"):
-        cuda = to_device(device).type is not DeviceType.CPU
-        options["backend"] = ("gds" if cuda and "gds" in _warpload.available_backends()
-                              else None)
+    # No backend named: the settings file's, else the default ("auto"), which reads a device
+    # load with GPUDirect Storage wherever cuFile runs in GDS mode and stages it otherwise.
+    del device
     return WarploadCopierConstructor(GdsFileCopier, options)
 
 
@@ -120,7 +119,8 @@ def new_nogds_file_copier(device: Any, bbuf_size_kb: int = DEFAULT_BBUF_KB,
     del device
     options = storage_options(kwargs, bbuf_size_kb, max_threads)
     if not options.get("backend"):
-        options["backend"] = "auto" if _configured_backend(options) == "gds" else None
+        options["backend"] = (_backends.default if _backends.device_only(_configured_backend(options))
+                              else None)
     return WarploadCopierConstructor(NoGdsFileCopier, options)
 
 
@@ -129,6 +129,6 @@ def new_threefs_file_copier(device: Any, mount_point: Optional[str] = "/mnt/3fs"
                             **kwargs: Any) -> WarploadCopierConstructor:
     del device
     options = storage_options(kwargs)
-    options.setdefault("backend", "3fs")
+    options.setdefault("backend", _backends.first_with("needs_mount"))  # 3FS USRBIO
     options["mount_point"] = mount_point or None
     return WarploadCopierConstructor(ThreeFSFileCopier, options)
