@@ -26,7 +26,7 @@
 
 #include "dlpack_abi.h"
 #include "warpload/dtype.hpp"
-#include "warpload/loader.hpp"
+#include "warpload/tensor_view.hpp"
 
 namespace warpload::python {
 

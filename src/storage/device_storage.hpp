@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "warpload/device.hpp"
-#include "warpload/loader.hpp"
+#include "warpload/plan.hpp"
 #include "warpload/storage.hpp"
 
 namespace warpload::detail {

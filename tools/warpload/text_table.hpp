@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "warpload/loader.hpp"
+#include "warpload/plan.hpp"
 
 namespace warpload::cli {
 
