@@ -343,14 +343,7 @@ TEST_F(GdsTest, DistributedLoaderReadsThroughGdsLikeLoader) {
           }
         },
         MemoryKind::kDevice);
-    for (const auto& e : errors) {
-      if (!e) continue;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& x) {
-        ADD_FAILURE() << x.what();
-      }
-    }
+    EXPECT_EQ(testing::first_rank_error(errors), "");
     for (const std::string& backend : backends) EXPECT_EQ(backend, "gds");
     EXPECT_GT(Fakes::get().reads(), reads_before);  // the bytes came through cuFileRead
     EXPECT_EQ(Fakes::get().live_handles(), 0);  // every rank deregistered its files

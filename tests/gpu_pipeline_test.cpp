@@ -465,16 +465,8 @@ TEST_F(GpuPipelineTest, HostMemoryStaysBoundedByTheRing) {
 // fake driver's); returns the first failure's message, or "".
 std::string run_device_ranks(int world,
                              const std::function<void(int, std::shared_ptr<Collective>)>& fn) {
-  const auto errors = testing::run_ranks(world, std::chrono::seconds(20), fn, MemoryKind::kDevice);
-  for (std::size_t r = 0; r < errors.size(); ++r) {
-    if (!errors[r]) continue;
-    try {
-      std::rethrow_exception(errors[r]);
-    } catch (const std::exception& e) {
-      return "rank " + std::to_string(r) + ": " + e.what();
-    }
-  }
-  return {};
+  return testing::first_rank_error(
+      testing::run_ranks(world, std::chrono::seconds(20), fn, MemoryKind::kDevice));
 }
 
 // Every rank reads its share through the staged pipeline into its device buffer; the

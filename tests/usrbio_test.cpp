@@ -374,14 +374,7 @@ TEST_F(Usrbio, DistributedLoaderReadsZeroCopyIntoIovs) {
               count_entries((mount_.path() / "3fs-virt" / "iovs").c_str());
           (void)c->all_gather_status("");  // every rank counts while every loader holds its iov
         });
-    for (const auto& e : errors) {
-      if (!e) continue;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& x) {
-        ADD_FAILURE() << x.what();
-      }
-    }
+    EXPECT_EQ(testing::first_rank_error(errors), "");
     for (int r = 0; r < world; ++r) {
       EXPECT_EQ(backends[static_cast<std::size_t>(r)], "3fs");
       // Each rank's stream buffer is an iov of its own (staging iovs are gone after a read).

@@ -39,13 +39,6 @@
 
 namespace warpload {
 
-// Consecutive tensors [first, last) (data order) of file `file` of a plan.
-struct TensorSpan {
-  std::size_t file = 0;
-  std::size_t first = 0;
-  std::size_t last = 0;
-};
-
 struct ChunkPlan {
   std::vector<TensorSpan> spans;
   std::uint64_t bytes = 0;  // tensor bytes of the chunk

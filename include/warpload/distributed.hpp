@@ -48,11 +48,7 @@ namespace warpload {
 // ---- the plan --------------------------------------------------------------------------------
 
 // Consecutive tensors [first, last) (data order) of one planned file.
-struct Segment {
-  std::size_t file = 0;
-  std::size_t first = 0;
-  std::size_t last = 0;
-};
+using Segment = TensorSpan;
 
 // File bytes [begin, end) (offsets in the file's data section) that one rank reads.
 struct RankRead {

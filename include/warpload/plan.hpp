@@ -41,6 +41,14 @@ struct TensorLocation {
   std::size_t tensor = 0;
 };
 
+// Consecutive tensors [first, last) (data order) of file `file` of a plan: what a chunk of a
+// ChunkedReader and a segment of a multi-rank load are made of.
+struct TensorSpan {
+  std::size_t file = 0;
+  std::size_t first = 0;
+  std::size_t last = 0;
+};
+
 class CheckpointPlan {
  public:
   CheckpointPlan();

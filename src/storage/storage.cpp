@@ -158,92 +158,72 @@ std::unique_ptr<Storage> make_gds(const StorageOptions& options) {
 // The registered backends, in the order `bench` shows them. Adding a backend: a row here
 // (docs/architecture.md, "Adding a backend").
 const std::vector<BackendEntry>& backend_table() {
-  static const std::vector<BackendEntry> table = [] {
-    std::vector<BackendEntry> rows;
-    {
-      BackendEntry e;
-      e.info.name = "auto";
-      e.info.summary =
-          "per file: buffered posix when small or mostly in the page cache, else O_DIRECT "
-          "through io_uring";
-      e.info.picks_direct = true;
-      e.info.host_destinations = true;
-      e.info.benchmarked = true;
-      e.info.uses_threads = e.info.uses_block_size = e.info.uses_queue_depth = true;
-      e.unavailable = &always_available;
-      e.make = &detail::make_auto_storage;
-      rows.push_back(std::move(e));
-    }
-    {
-      BackendEntry e;
-      e.info.name = "posix";
-      e.info.summary = "a thread pool of pread()s straight into the destination";
-      e.info.takes_direct = true;
-      e.info.host_destinations = true;
-      e.info.benchmarked = e.info.tuned = true;
-      e.info.uses_threads = e.info.uses_block_size = true;
-      e.unavailable = &always_available;
-      e.make = &detail::make_posix_storage;
-      rows.push_back(std::move(e));
-    }
-    {
-      BackendEntry e;
-      e.info.name = "uring";
-      e.info.summary = "io_uring: many reads in flight per thread, registered files";
-      e.info.takes_direct = true;
-      e.info.host_destinations = true;
-      e.info.benchmarked = e.info.tuned = true;
-      e.info.uses_threads = e.info.uses_block_size = e.info.uses_queue_depth = true;
-      e.unavailable = &uring_unavailable;
-      e.make = &detail::make_uring_storage;
-      rows.push_back(std::move(e));
-    }
-    {
-      BackendEntry e;
-      e.info.name = "mmap";
-      e.info.summary =
-          "map each file and memcpy out of it: the reference implementation's way, the "
-          "baseline";
-      e.info.host_destinations = true;
-      e.info.owns_buffers = true;
-      e.info.preferred_allocator = true;
-      e.info.baseline = true;
-      e.info.benchmarked = true;
-      e.unavailable = &always_available;
-      e.make = &detail::make_mmap_storage;
-      rows.push_back(std::move(e));
-    }
-    {
-      BackendEntry e;
-      e.info.name = "3fs";
-      e.info.summary =
-          "3FS USRBIO (client library loaded at run time): files on a 3FS mount, zero copy "
-          "into shared-memory iovs";
-      e.info.host_destinations = true;
-      e.info.needs_mount = true;
-      e.info.preferred_allocator = true;
-      e.info.benchmarked = e.info.tuned = true;
-      e.info.uses_block_size = e.info.uses_usrbio = true;
-      e.unavailable = &hf3fs_unavailable;
-      e.make = &detail::make_usrbio_storage;
-      rows.push_back(std::move(e));
-    }
-    {
-      BackendEntry e;
-      e.info.name = "gds";
-      e.info.summary =
-          "GPUDirect Storage (cuFile, loaded at run time): straight into CUDA device memory; "
-          "device loads only";
-      e.info.device_destinations = true;
-      e.info.stages_when_unusable = true;
-      e.info.benchmarked = true;
-      e.info.uses_threads = e.info.uses_block_size = true;
-      e.unavailable = &cufile_unavailable;
-      e.make = &make_gds;
-      rows.push_back(std::move(e));
-    }
-    return rows;
-  }();
+  static const std::vector<BackendEntry> table = {
+      {{.name = "auto",
+        .summary = "per file: buffered posix when small or mostly in the page cache, else "
+                   "O_DIRECT through io_uring",
+        .picks_direct = true,
+        .host_destinations = true,
+        .benchmarked = true,
+        .uses_threads = true,
+        .uses_block_size = true,
+        .uses_queue_depth = true},
+       &always_available,
+       &detail::make_auto_storage},
+      {{.name = "posix",
+        .summary = "a thread pool of pread()s straight into the destination",
+        .takes_direct = true,
+        .host_destinations = true,
+        .benchmarked = true,
+        .tuned = true,
+        .uses_threads = true,
+        .uses_block_size = true},
+       &always_available,
+       &detail::make_posix_storage},
+      {{.name = "uring",
+        .summary = "io_uring: many reads in flight per thread, registered files",
+        .takes_direct = true,
+        .host_destinations = true,
+        .benchmarked = true,
+        .tuned = true,
+        .uses_threads = true,
+        .uses_block_size = true,
+        .uses_queue_depth = true},
+       &uring_unavailable,
+       &detail::make_uring_storage},
+      {{.name = "mmap",
+        .summary = "map each file and memcpy out of it: the reference implementation's way, "
+                   "the baseline",
+        .host_destinations = true,
+        .owns_buffers = true,
+        .preferred_allocator = true,
+        .baseline = true,
+        .benchmarked = true},
+       &always_available,
+       &detail::make_mmap_storage},
+      {{.name = "3fs",
+        .summary = "3FS USRBIO (client library loaded at run time): files on a 3FS mount, zero "
+                   "copy into shared-memory iovs",
+        .host_destinations = true,
+        .needs_mount = true,
+        .preferred_allocator = true,
+        .benchmarked = true,
+        .tuned = true,
+        .uses_block_size = true,
+        .uses_usrbio = true},
+       &hf3fs_unavailable,
+       &detail::make_usrbio_storage},
+      {{.name = "gds",
+        .summary = "GPUDirect Storage (cuFile, loaded at run time): straight into CUDA device "
+                   "memory; device loads only",
+        .device_destinations = true,
+        .stages_when_unusable = true,
+        .benchmarked = true,
+        .uses_threads = true,
+        .uses_block_size = true},
+       &cufile_unavailable,
+       &make_gds},
+  };
   return table;
 }
 

@@ -211,4 +211,19 @@ inline std::vector<std::exception_ptr> run_ranks(
   return errors;
 }
 
+// "" when every rank of run_ranks() returned, else "rank R: <what>" of the first that threw.
+inline std::string first_rank_error(const std::vector<std::exception_ptr>& errors) {
+  for (std::size_t r = 0; r < errors.size(); ++r) {
+    if (!errors[r]) continue;
+    try {
+      std::rethrow_exception(errors[r]);
+    } catch (const std::exception& e) {
+      return "rank " + std::to_string(r) + ": " + e.what();
+    } catch (...) {
+      return "rank " + std::to_string(r) + ": unknown exception";
+    }
+  }
+  return {};
+}
+
 }  // namespace warpload::testing
