@@ -44,8 +44,9 @@ test-asan: deps
 # ThreadSanitizer on the concurrency tests only (TSan and ASan cannot share a build): thread pool
 # and read tracker (storage_test), io_uring completions and the loader (loader_test), 3FS rings on
 # the USRBIO emulator (usrbio_test), the staged pipeline on the fake CUDA driver
-# (gpu_pipeline_test), the thread collective (distributed_test). Suppressions: tests/tsan.supp.
-TSAN_TESTS ?= storage_test loader_test usrbio_test gpu_pipeline_test distributed_test
+# (gpu_pipeline_test), the thread collective (distributed_test), the chunked reader's read ahead
+# (chunked_test). Suppressions: tests/tsan.supp.
+TSAN_TESTS ?= storage_test loader_test usrbio_test gpu_pipeline_test distributed_test chunked_test
 test-tsan: deps
 	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWARPLOAD_TSAN=ON \
 	  -DWARPLOAD_BUILD_BENCHMARKS=OFF -DWARPLOAD_BUILD_EXAMPLES=OFF -DWARPLOAD_BUILD_PYTHON=OFF \
