@@ -34,11 +34,18 @@ test: test-release test-asan test-package test-fuzz
 test-release: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
+# intercept_tls_get_addr=0: LeakSanitizer's tracking of dynamic TLS (blocks of dlopen'ed
+# libraries, here the fake CUDA driver's) records a garbage block on this toolchain (GCC 12's
+# libasan, glibc 2.36) depending only on the order of TLS accesses, and its tracer then crashes at
+# exit with "Tracer caught signal 11" (seen for gds_test's UnpaddedHeaderFallsBackNamingTheTensor
+# run alone; valgrind finds no invalid access in it). Without the interception LSan only stops
+# treating those TLS blocks as roots: that can add leak reports, never hide one.
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DWARPLOAD_SANITIZE=ON -DWARPLOAD_BUILD_BENCHMARKS=OFF -DWARPLOAD_BUILD_EXAMPLES=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:intercept_tls_get_addr=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS)
 
 # ThreadSanitizer on the concurrency tests only (TSan and ASan cannot share a build): thread pool

@@ -3,6 +3,8 @@
 // wrote (support/random_checkpoint.hpp) and the independent reader; the bound is measured with
 // host_bytes_in_use(), the engine's own count of live host buffers.
 
+#include "warpload/chunked.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,7 +21,6 @@
 #include "support/random_checkpoint.hpp"
 #include "support/reference_reader.hpp"
 #include "support/temp_dir.hpp"
-#include "warpload/chunked.hpp"
 #include "warpload/error.hpp"
 #include "warpload/memory.hpp"
 
@@ -102,7 +103,8 @@ TEST(ChunkedReader, EveryTensorByteExactInPlanOrder) {
   testing::TensorBytes bytes;
   const auto plan = write_checkpoint(dir, bytes);
   for (const std::string backend : {"posix", "uring", "mmap", "auto"}) {
-    for (const std::uint64_t limit : {std::uint64_t{0}, std::uint64_t{1}, 200 * kKiB, 4096 * kKiB}) {
+    for (const std::uint64_t limit :
+         {std::uint64_t{0}, std::uint64_t{1}, 200 * kKiB, 4096 * kKiB}) {
       for (const bool prefetch : {true, false}) {
         SCOPED_TRACE(backend + " limit " + std::to_string(limit) + (prefetch ? " prefetch" : ""));
         LoadOptions o = posix_options();

@@ -346,7 +346,7 @@ TEST_F(GdsTest, DistributedLoaderReadsThroughGdsLikeLoader) {
     EXPECT_EQ(testing::first_rank_error(errors), "");
     for (const std::string& backend : backends) EXPECT_EQ(backend, "gds");
     EXPECT_GT(Fakes::get().reads(), reads_before);  // the bytes came through cuFileRead
-    EXPECT_EQ(Fakes::get().live_handles(), 0);  // every rank deregistered its files
+    EXPECT_EQ(Fakes::get().live_handles(), 0);      // every rank deregistered its files
   }
 }
 

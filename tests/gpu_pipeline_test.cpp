@@ -10,14 +10,14 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
 #include <string>
 #include <thread>
-#include <exception>
-#include <functional>
 #include <vector>
 
 #include "core/staged_pipeline.hpp"
@@ -458,7 +458,6 @@ TEST_F(GpuPipelineTest, HostMemoryStaysBoundedByTheRing) {
   }
 }
 
-
 // ---- multi-rank loads into device memory (a device collective, as NCCL's) ------------------
 
 // Runs fn(rank, collective) on `world` threads whose collective claims device buffers (the
@@ -477,11 +476,13 @@ TEST_F(GpuPipelineTest, DistributedLoadIntoDeviceMemoryEqualsHostLoad) {
   TempDir dir;
   Expected expected;
   write_file(dir / "a.safetensors",
-             {{"a.w", DType::kBF16, {37, 19}}, {"a.s", DType::kF32, {}},
-              {"a.i64", DType::kI64, {5}}, {"a.e", DType::kU8, {0, 3}}},
+             {{"a.w", DType::kBF16, {37, 19}},
+              {"a.s", DType::kF32, {}},
+              {"a.i64", DType::kI64, {5}},
+              {"a.e", DType::kU8, {0, 3}}},
              21, 1, expected);
-  write_file(dir / "b.safetensors", {{"b.big", DType::kU8, {300000}}, {"b.f", DType::kF32, {77, 9}}},
-             22, 8, expected);
+  write_file(dir / "b.safetensors",
+             {{"b.big", DType::kU8, {300000}}, {"b.f", DType::kF32, {77, 9}}}, 22, 8, expected);
   LoadOptions host_options;
   host_options.backend = "posix";
   host_options.use_config = false;

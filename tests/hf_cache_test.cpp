@@ -108,13 +108,15 @@ TEST(HfCache, ResolvesMainBranchTagAndCommit) {
 
   const auto main_files = detail::resolve_checkpoint("org/tiny");
   ASSERT_EQ(main_files.files.size(), 1u);
-  EXPECT_EQ(main_files.files[0], hub / "models--org--tiny/snapshots" / kCommit /
-                                     "model.safetensors");
+  EXPECT_EQ(main_files.files[0],
+            hub / "models--org--tiny/snapshots" / kCommit / "model.safetensors");
   EXPECT_EQ(detail::resolve_checkpoint("org/tiny@main").files, main_files.files);
   EXPECT_EQ(detail::resolve_checkpoint("org/tiny@v1.0").files[0].parent_path().filename(),
             kOtherCommit);
   EXPECT_EQ(detail::resolve_checkpoint(std::string("org/tiny@") + kOtherCommit)
-                .files[0].parent_path().filename(),
+                .files[0]
+                .parent_path()
+                .filename(),
             kOtherCommit);
 
   // Through the public Loader: the snapshot's symlinked shard loads.
@@ -139,8 +141,7 @@ TEST(HfCache, MissingModelOrRevisionSaysWhereItLooked) {
     (void)detail::resolve_checkpoint("org/absent");
     FAIL() << "expected NotFoundError";
   } catch (const NotFoundError& e) {
-    EXPECT_NE(std::string(e.what()).find((hub / "models--org--absent").string()),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find((hub / "models--org--absent").string()), std::string::npos)
         << e.what();
   }
   add_snapshot(hub.path(), "models--org--tiny", kCommit, "main", "w");
@@ -160,8 +161,8 @@ TEST(HfCache, ExistingPathWinsOverTheCache) {
   const TempDir work;
   fs::create_directories(work / "org/tiny");
   testing::TensorBytes bytes;
-  testing::write_random_file(work / "org/tiny/local.safetensors",
-                             {{"local", DType::kU8, {2}}}, 2, bytes);
+  testing::write_random_file(work / "org/tiny/local.safetensors", {{"local", DType::kU8, {2}}}, 2,
+                             bytes);
   const fs::path old = fs::current_path();
   fs::current_path(work.path());
   const auto files = detail::resolve_checkpoint("org/tiny");
@@ -173,8 +174,8 @@ TEST(HfCache, ExistingPathWinsOverTheCache) {
 #ifdef WARPLOAD_CLI_PATH
 // stdout and stderr of `HF_HUB_CACHE=<hub> warpload <args>`, and its exit status.
 std::pair<int, std::string> run_cli_with_cache(const fs::path& hub, const std::string& args) {
-  const std::string command = "HF_HUB_CACHE='" + hub.string() + "' '" WARPLOAD_CLI_PATH "' " +
-                              args + " 2>&1";
+  const std::string command =
+      "HF_HUB_CACHE='" + hub.string() + "' '" WARPLOAD_CLI_PATH "' " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   std::string out;
   char chunk[4096];

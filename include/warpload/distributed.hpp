@@ -61,12 +61,12 @@ struct RankPlan {
   int world = 1;
   std::uint64_t granularity = 4096;
   std::vector<Segment> segments;
-  std::vector<std::uint64_t> data_begin;  // per segment: data-section offset of its first byte
-  std::vector<std::uint64_t> data_end;    // per segment: one past its last byte
-  std::vector<std::uint64_t> stream;      // per segment: stream offset of its first byte
-  std::uint64_t stream_bytes = 0;         // end of the last segment in the stream
-  std::uint64_t slot_bytes = 0;           // S: rank r owns stream [r*S, (r+1)*S)
-  std::uint64_t data_bytes = 0;           // sum of the segments' lengths
+  std::vector<std::uint64_t> data_begin;     // per segment: data-section offset of its first byte
+  std::vector<std::uint64_t> data_end;       // per segment: one past its last byte
+  std::vector<std::uint64_t> stream;         // per segment: stream offset of its first byte
+  std::uint64_t stream_bytes = 0;            // end of the last segment in the stream
+  std::uint64_t slot_bytes = 0;              // S: rank r owns stream [r*S, (r+1)*S)
+  std::uint64_t data_bytes = 0;              // sum of the segments' lengths
   std::vector<std::vector<RankRead>> reads;  // per rank, in stream order
 
   // Data bytes rank `rank` reads (sum of its RankReads).
@@ -104,11 +104,11 @@ struct DistributedOptions {
 };
 
 struct DistributedStats {
-  LoadStats load;                   // this rank's read phase (bytes: data bytes it read)
-  std::uint64_t bytes_read = 0;     // bytes this rank read from storage (all load()s)
-  std::uint64_t bytes_sent = 0;     // payload this rank sent over the collective
-  std::uint64_t bytes_received = 0; // payload this rank received over the collective
-  std::uint64_t direct_bytes = 0;   // shard bytes read from storage by the direct-read rule
+  LoadStats load;                    // this rank's read phase (bytes: data bytes it read)
+  std::uint64_t bytes_read = 0;      // bytes this rank read from storage (all load()s)
+  std::uint64_t bytes_sent = 0;      // payload this rank sent over the collective
+  std::uint64_t bytes_received = 0;  // payload this rank received over the collective
+  std::uint64_t direct_bytes = 0;    // shard bytes read from storage by the direct-read rule
 };
 
 // Memory follows the collective: a host collective (torch.distributed's gloo, threads) loads

@@ -195,14 +195,13 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
              DistributedOptions d;
              d.shared_storage = shared_storage;
              if (round_bytes != 0) d.round_bytes = round_bytes;
-             return std::make_unique<PyDistributedLoader>(std::make_shared<PyCollective>(collective),
-                                                        std::move(o), d);
+             return std::make_unique<PyDistributedLoader>(
+                 std::make_shared<PyCollective>(collective), std::move(o), d);
            }),
-           py::arg("collective"), py::kw_only(), py::arg("backend") = "",
-           py::arg("direct") = false, py::arg("threads") = 0U, py::arg("block_size") = 0ULL,
-           py::arg("queue_depth") = 0U, py::arg("config") = "", py::arg("use_config") = true,
-           py::arg("mount_point") = "", py::arg("shared_storage") = false,
-           py::arg("round_bytes") = 0ULL)
+           py::arg("collective"), py::kw_only(), py::arg("backend") = "", py::arg("direct") = false,
+           py::arg("threads") = 0U, py::arg("block_size") = 0ULL, py::arg("queue_depth") = 0U,
+           py::arg("config") = "", py::arg("use_config") = true, py::arg("mount_point") = "",
+           py::arg("shared_storage") = false, py::arg("round_bytes") = 0ULL)
       .def("add",
            [](PyDistributedLoader& l, const std::filesystem::path& path) {
              py::gil_scoped_release release;

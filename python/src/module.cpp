@@ -134,9 +134,12 @@ ExportMode parse_mode(const std::string& mode) {
 
 std::string mode_name(ExportMode mode) {
   switch (mode) {
-    case ExportMode::kNative: return "native";
-    case ExportMode::kCarrier: return "carrier";
-    case ExportMode::kRawBytes: return "raw_bytes";
+    case ExportMode::kNative:
+      return "native";
+    case ExportMode::kCarrier:
+      return "carrier";
+    case ExportMode::kRawBytes:
+      return "raw_bytes";
   }
   return "";
 }
@@ -202,8 +205,8 @@ class PyLoader {
     for (const PlannedFile& f : loader_->files()) {
       py::list tensors;
       for (const TensorInfo& t : f.header.tensors) {
-        tensors.append(py::make_tuple(t.name, std::string(dtype_name(t.dtype)),
-                                      to_tuple(t.shape), t.begin, t.end));
+        tensors.append(py::make_tuple(t.name, std::string(dtype_name(t.dtype)), to_tuple(t.shape),
+                                      t.begin, t.end));
       }
       py::dict metadata;
       for (const auto& [k, v] : f.header.metadata) metadata[py::str(k)] = py::str(v);
@@ -250,7 +253,7 @@ class PyLoader {
     PyLoader& self_;
   };
 
-public:
+ public:
   // From any thread, without the handle's busy check: stops a load() in progress.
   void cancel() { cancel_.store(true); }
 
@@ -288,9 +291,9 @@ class PyChunkReader {
       };
     }
     py::gil_scoped_release release;
-    reader_ = std::make_unique<ChunkedReader>(
-        std::make_shared<CheckpointPlan>(loader.loader().plan()), std::move(options),
-        ChunkOptions{memory_limit, prefetch});
+    reader_ =
+        std::make_unique<ChunkedReader>(std::make_shared<CheckpointPlan>(loader.loader().plan()),
+                                        std::move(options), ChunkOptions{memory_limit, prefetch});
   }
   ~PyChunkReader() { close(); }
   PyChunkReader(const PyChunkReader&) = delete;
@@ -385,8 +388,8 @@ PYBIND11_MODULE(_warpload, m) {
   PyObject* safetensor_error = PyErr_NewExceptionWithDoc(
       "warpload.SafetensorError", "safetensors.SafetensorError: a malformed file or misuse.",
       PyExc_Exception, nullptr);
-  py::tuple invalid_file_bases = py::make_tuple(py::handle(PyExc_ValueError),
-                                                py::handle(safetensor_error));
+  py::tuple invalid_file_bases =
+      py::make_tuple(py::handle(PyExc_ValueError), py::handle(safetensor_error));
   g_invalid_file_error = PyErr_NewExceptionWithDoc(
       "warpload.InvalidFileError",
       "A malformed safetensors file or index (a ValueError and a SafetensorError); `rule` "
@@ -398,9 +401,9 @@ PYBIND11_MODULE(_warpload, m) {
       "A valid request this machine or build cannot serve, e.g. no CUDA driver or no 3FS "
       "client library (a RuntimeError).",
       PyExc_RuntimeError, nullptr);
-  g_cancelled_error = PyErr_NewExceptionWithDoc(
-      "warpload.CancelledError", "A load was cancelled (a RuntimeError).", PyExc_RuntimeError,
-      nullptr);
+  g_cancelled_error =
+      PyErr_NewExceptionWithDoc("warpload.CancelledError", "A load was cancelled (a RuntimeError).",
+                                PyExc_RuntimeError, nullptr);
   m.attr("InvalidFileError") = py::handle(g_invalid_file_error);
   m.attr("UnsupportedError") = py::handle(g_unsupported_error);
   m.attr("CancelledError") = py::handle(g_cancelled_error);
@@ -408,10 +411,9 @@ PYBIND11_MODULE(_warpload, m) {
 
   py::class_<ExportedTensor>(m, "DLPackTensor", py::module_local())
       .def_property_readonly("name", &ExportedTensor::name)
-      .def_property_readonly("dtype",
-                             [](const ExportedTensor& t) {
-                               return std::string(dtype_name(t.stored_dtype()));
-                             })
+      .def_property_readonly(
+          "dtype",
+          [](const ExportedTensor& t) { return std::string(dtype_name(t.stored_dtype())); })
       .def_property_readonly("mode", [](const ExportedTensor& t) { return mode_name(t.mode()); })
       .def_property_readonly("shape", [](const ExportedTensor& t) { return to_tuple(t.shape()); })
       .def_property_readonly("strides",

@@ -20,7 +20,6 @@
 
 namespace warpload::python {
 
-
 class PythonAllocator final : public Allocator {
  public:
   PythonAllocator(pybind11::object allocate, MemoryKind kind)

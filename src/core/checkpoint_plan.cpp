@@ -1,5 +1,3 @@
-#include "warpload/plan.hpp"
-
 #include <system_error>
 #include <unordered_map>
 #include <utility>
@@ -7,6 +5,7 @@
 #include "common/printable.hpp"
 #include "core/file_set.hpp"
 #include "warpload/error.hpp"
+#include "warpload/plan.hpp"
 
 namespace warpload {
 
@@ -116,7 +115,8 @@ const PlannedFile& CheckpointPlan::file_of(std::string_view name) const {
 
 std::map<std::string, std::string> CheckpointPlan::metadata() const {
   std::map<std::string, std::string> out;
-  for (const auto& f : state_->files) out.insert(f.header.metadata.begin(), f.header.metadata.end());
+  for (const auto& f : state_->files)
+    out.insert(f.header.metadata.begin(), f.header.metadata.end());
   return out;
 }
 

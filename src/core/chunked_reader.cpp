@@ -1,5 +1,3 @@
-#include "warpload/chunked.hpp"
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -11,6 +9,7 @@
 #include "core/read_executor.hpp"
 #include "core/tensor_view.hpp"
 #include "core/verify.hpp"
+#include "warpload/chunked.hpp"
 
 namespace warpload {
 
@@ -83,14 +82,19 @@ ChunkedReader::State::Chunk ChunkedReader::State::read(std::size_t index, std::u
   const auto& files = plan->files();
   std::vector<detail::Placement> placed;
   placed.reserve(chunk.spans.size());
-  for (const TensorSpan& span : chunk.spans) {
-    const Header& h = files[span.file].header;
-    const std::uint64_t b0 = h.tensors[span.first].begin;
-    const std::uint64_t b1 = h.tensors[span.last - 1].end;
-    // Tensors keep their data-section alignment (phase b0), as in a whole-file load.
-    placed.push_back(
-        executor->place(span.file, h.data_offset() + b0, h.data_offset() + b1, b0));
-    executor->add(span.file, h.data_offset() + b0, h.data_offset() + b1, placed.back().dest);
+  try {
+    for (const TensorSpan& span : chunk.spans) {
+      const Header& h = files[span.file].header;
+      const std::uint64_t b0 = h.tensors[span.first].begin;
+      const std::uint64_t b1 = h.tensors[span.last - 1].end;
+      // Tensors keep their data-section alignment (phase b0), as in a whole-file load.
+      placed.push_back(
+          executor->place(span.file, h.data_offset() + b0, h.data_offset() + b1, b0));
+      executor->add(span.file, h.data_offset() + b0, h.data_offset() + b1, placed.back().dest);
+    }
+  } catch (...) {
+    executor->discard();  // the destinations die with `placed`
+    throw;
   }
   progress->base.store(start);
   LoadStats round = executor->run(chunk.bytes);
@@ -114,20 +118,19 @@ ChunkedReader::State::Chunk ChunkedReader::State::read(std::size_t index, std::u
     }
     if (options.verify) {
       const auto verify_start = std::chrono::steady_clock::now();
-      detail::verify_loaded_tensors(
-          file.path, h, span.first, span.last, device,
-          [&](const TensorInfo& t) -> const std::byte* {
-            return at(static_cast<std::size_t>(&t - h.tensors.data()));
-          });
+      detail::verify_loaded_tensors(file.path, h, span.first, span.last, device,
+                                    [&](const TensorInfo& t) -> const std::byte* {
+                                      return at(static_cast<std::size_t>(&t - h.tensors.data()));
+                                    });
       round.verify_seconds +=
           std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_start).count();
     }
     const std::string name = file.path.string();
     for (std::size_t t = span.first; t < span.last; ++t) {
       const TensorInfo& info = h.tensors[t];
-      std::shared_ptr<const Buffer> owner = side[t - span.first]
-                                                ? std::shared_ptr<const Buffer>(side[t - span.first])
-                                                : placed[r].buffer;
+      std::shared_ptr<const Buffer> owner =
+          side[t - span.first] ? std::shared_ptr<const Buffer>(side[t - span.first])
+                               : placed[r].buffer;
       std::byte* data = info.nbytes() == 0 ? placed[r].buffer->data() : at(t);
       views.push_back(detail::make_tensor_view(info, data, std::move(owner), name));
     }
@@ -141,7 +144,8 @@ ChunkedReader::ChunkedReader(std::shared_ptr<const CheckpointPlan> plan, LoadOpt
   if (!plan) throw std::invalid_argument("ChunkedReader: no plan");
   State& s = *state_;
   s.plan = std::move(plan);
-  s.chunks = plan_chunks(s.plan->files(), chunk_budget(chunks.memory_limit, chunks.prefetch ? 3 : 2));
+  s.chunks =
+      plan_chunks(s.plan->files(), chunk_budget(chunks.memory_limit, chunks.prefetch ? 3 : 2));
   for (const ChunkPlan& c : s.chunks) s.total += c.bytes;
   // Progress counts over the whole reader: each chunk's reads are reported from its start.
   s.progress->user = std::move(options.on_progress);
@@ -185,8 +189,9 @@ std::optional<std::vector<TensorView>> ChunkedReader::next() {
   s.next_index = index + 1;
   s.chunk_start += s.chunks[index].bytes;
   if (s.prefetch && s.next_index < s.chunks.size()) {
-    s.ahead = std::async(std::launch::async,
-                         [&s, i = s.next_index, start = s.chunk_start] { return s.read(i, start); });
+    s.ahead = std::async(std::launch::async, [&s, i = s.next_index, start = s.chunk_start] {
+      return s.read(i, start);
+    });
   }
   return std::move(chunk.views);
 }

@@ -84,7 +84,7 @@ struct DistributedLoader::State {
   std::shared_ptr<Collective> collective;
   LoadOptions options;
   DistributedOptions distributed;
-  CheckpointPlan catalog;  // files, headers, name index
+  CheckpointPlan catalog;                       // files, headers, name index
   std::shared_ptr<Allocator> allocator;         // host buffers
   std::shared_ptr<Allocator> device_allocator;  // device loads (a device collective)
   Device device;
@@ -130,8 +130,7 @@ struct DistributedLoader::State {
   std::byte* at(std::uint64_t stream) const { return buffer->data() + (stream - buffer_base); }
   // The part [lo, hi) of tensor `t`'s stream bytes that rank q read, relative to the tensor's
   // first byte; {0, 0} when q read none of it.
-  std::pair<std::uint64_t, std::uint64_t> held(int q, const Placed& p,
-                                               const TensorInfo& t) const {
+  std::pair<std::uint64_t, std::uint64_t> held(int q, const Placed& p, const TensorInfo& t) const {
     const std::uint64_t lo = std::max(p.stream, slot_lo(q));
     const std::uint64_t hi = std::min(p.stream + t.nbytes(), slot_hi(q));
     return lo < hi ? std::pair{lo - p.stream, hi - p.stream}
@@ -222,9 +221,9 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
           "local \"cuda:N\"");
     }
     if (!on_device && device.is_cuda()) {
-      throw UnsupportedError("DistributedLoader over a host collective loads host memory; device '" +
-                             s.options.device +
-                             "' needs a device collective (NCCL), or copy tensors afterwards");
+      throw UnsupportedError(
+          "DistributedLoader over a host collective loads host memory; device '" +
+          s.options.device + "' needs a device collective (NCCL), or copy tensors afterwards");
     }
     if (on_device && delivery == Delivery::kOnRequest) {
       throw UnsupportedError(
@@ -307,9 +306,9 @@ LoadStats DistributedLoader::load(std::span<const Segment> segments, Delivery de
     Allocator& allocator =
         buffer && buffer->kind() == MemoryKind::kDevice ? *s.device_allocator : *s.allocator;
     for (const auto& [name, p] : s.placed) {
-      if (auto side = detail::realigned_copy(allocator, s.catalog.info(name),
-                                             buffer->data() + p.stream, s.device.index,
-                                             s.catalog.file_of(name).path)) {
+      if (auto side =
+              detail::realigned_copy(allocator, s.catalog.info(name), buffer->data() + p.stream,
+                                     s.device.index, s.catalog.file_of(name).path)) {
         s.realigned.emplace(name, std::move(side));
       }
     }
@@ -450,8 +449,13 @@ TensorView DistributedLoader::shard(std::string_view name, int dim) {
             bytes += n;
           });
     };
-    add_range(0, my_lo);  // a rank that holds nothing has my_lo == my_hi == 0
-    add_range(my_hi, t.nbytes());
+    try {
+      add_range(0, my_lo);  // a rank that holds nothing has my_lo == my_hi == 0
+      add_range(my_hi, t.nbytes());
+    } catch (...) {
+      s.direct_reader->discard();
+      throw;
+    }
     if (bytes > 0) (void)s.direct_reader->run(bytes);
     s.stats.direct_bytes += bytes;
     return v;

@@ -39,8 +39,7 @@ CheckpointFiles read_index(const fs::path& index) {
 
   simdjson::padded_string json;
   if (auto error = simdjson::padded_string::load(index.string()).get(json)) {
-    throw IoError(index.string() + ": cannot read index: " + simdjson::error_message(error),
-                  0, 0);
+    throw IoError(index.string() + ": cannot read index: " + simdjson::error_message(error), 0, 0);
   }
 
   CheckpointFiles out;
@@ -86,8 +85,7 @@ CheckpointFiles read_index(const fs::path& index) {
   out.files.assign(seen_files.begin(), seen_files.end());
   for (const auto& file : out.files) {
     if (!fs::exists(file, ec)) {
-      throw NotFoundError(index.string() + ": names '" + file.string() +
-                          "', which does not exist");
+      throw NotFoundError(index.string() + ": names '" + file.string() + "', which does not exist");
     }
   }
   return out;
@@ -96,8 +94,8 @@ CheckpointFiles read_index(const fs::path& index) {
 bool is_id_part(std::string_view part) {
   if (part.empty() || part.front() == '.') return false;
   return std::all_of(part.begin(), part.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
   });
 }
 
@@ -148,8 +146,8 @@ fs::path hf_snapshot_dir(const std::string& model_id) {
   }
   // A branch or tag names a commit through refs/<revision>; a commit hash is a snapshot.
   const fs::path ref = repo / "refs" / revision;
-  const bool safe = !revision.empty() && revision.find("..") == std::string::npos &&
-                    revision.front() != '/';
+  const bool safe =
+      !revision.empty() && revision.find("..") == std::string::npos && revision.front() != '/';
   std::string commit = revision;
   if (std::ifstream in(ref); safe && in) {
     std::getline(in, commit);
@@ -185,7 +183,8 @@ CheckpointFiles resolve_checkpoint(const fs::path& path) {
         out.files.push_back(entry.path());
       }
     }
-    if (ec) throw IoError(path.string() + ": cannot list directory: " + ec.message(), ec.value(), 0);
+    if (ec)
+      throw IoError(path.string() + ": cannot list directory: " + ec.message(), ec.value(), 0);
     if (out.files.empty()) {
       throw NotFoundError(path.string() + ": directory holds no .safetensors files");
     }
@@ -220,9 +219,8 @@ void check_index(const CheckpointFiles& files, const std::vector<const Header*>&
     for (const auto& [name, file] : files.weight_map) {
       auto pos = std::find(files.files.begin(), files.files.end(), file) - files.files.begin();
       if (headers[pos]->find(name) == nullptr) {
-        bad_index(files.index,
-                  "weight_map names tensor '" + name + "' in " + file.string() +
-                      ", which does not hold it");
+        bad_index(files.index, "weight_map names tensor '" + name + "' in " + file.string() +
+                                   ", which does not hold it");
       }
     }
   }

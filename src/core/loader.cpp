@@ -92,12 +92,12 @@ LoadStats Loader::load() {
   if (s.options.verify) {
     const auto verify_start = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < files.size(); ++i) {
-      detail::verify_loaded_file(
-          files[i].path, files[i].header, device_buffers ? device_index : -1,
-          [&](const TensorInfo& t) -> const std::byte* {
-            const auto it = realigned.find(t.name);
-            return it != realigned.end() ? it->second->data() : data_starts[i] + t.begin;
-          });
+      detail::verify_loaded_file(files[i].path, files[i].header, device_buffers ? device_index : -1,
+                                 [&](const TensorInfo& t) -> const std::byte* {
+                                   const auto it = realigned.find(t.name);
+                                   return it != realigned.end() ? it->second->data()
+                                                                : data_starts[i] + t.begin;
+                                 });
     }
     stats.verify_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_start).count();
@@ -114,9 +114,7 @@ LoadStats Loader::load() {
 
 std::vector<std::string> Loader::keys() const { return state_->plan.keys(); }
 
-bool Loader::contains(std::string_view name) const noexcept {
-  return state_->plan.contains(name);
-}
+bool Loader::contains(std::string_view name) const noexcept { return state_->plan.contains(name); }
 
 const TensorInfo& Loader::info(std::string_view name) const { return state_->plan.info(name); }
 

@@ -111,8 +111,7 @@ RankPlan plan_ranks(std::span<const PlannedFile> files, std::span<const Segment>
 
 namespace detail {
 
-BlockBytes block_bytes(const TensorInfo& t, int rank, int world, int dim,
-                       const std::string& file) {
+BlockBytes block_bytes(const TensorInfo& t, int rank, int world, int dim, const std::string& file) {
   const auto ndim = static_cast<int>(t.shape.size());
   const std::string what = file + ": tensor '" + printable(t.name) + "'";
   if (world < 1 || rank < 0 || rank >= world) {
@@ -151,10 +150,9 @@ BlockBytes block_bytes(const TensorInfo& t, int rank, int world, int dim,
     return out;
   }
   if ((outer > 1 && e - b != n) || (b * unit_bits) % 8 != 0 || (e * unit_bits) % 8 != 0) {
-    throw UnsupportedError(what + ": shard " + std::to_string(rank) + "/" +
-                           std::to_string(world) + " of a " + std::string(dtype_name(t.dtype)) +
-                           " tensor along dim " + std::to_string(out.dim) +
-                           " does not start and end on whole bytes");
+    throw UnsupportedError(what + ": shard " + std::to_string(rank) + "/" + std::to_string(world) +
+                           " of a " + std::string(dtype_name(t.dtype)) + " tensor along dim " +
+                           std::to_string(out.dim) + " does not start and end on whole bytes");
   }
   out.rows = 1;
   out.row_stride = t.nbytes();
@@ -169,7 +167,8 @@ void for_each_overlap(const BlockBytes& block, std::uint64_t lo, std::uint64_t h
   std::uint64_t first = 0;
   std::uint64_t last = block.rows - 1;
   if (block.rows > 1) {
-    if (lo >= block.offset + block.length) first = (lo - block.offset - block.length) / block.row_stride + 1;
+    if (lo >= block.offset + block.length)
+      first = (lo - block.offset - block.length) / block.row_stride + 1;
     if (hi <= block.offset) return;
     last = std::min(last, (hi - block.offset - 1) / block.row_stride);
   }

@@ -9,8 +9,8 @@
 
 #include "common/align.hpp"
 #include "core/progress_monitor.hpp"
-#include "storage/device_storage.hpp"
 #include "device/cuda_shim.hpp"
+#include "storage/device_storage.hpp"
 #include "warpload/config.hpp"
 #include "warpload/error.hpp"
 
@@ -27,8 +27,8 @@ ReadExecutor::ReadExecutor(const LoadOptions& options, std::span<const PlannedFi
   open_.resize(files.size());
   storage_ = options_.custom_storage;
   if (!storage_) {
-    const LoadSettings resolved = resolve_settings(options_.backend, options_.storage,
-                                                   options_.config, options_.use_config);
+    const LoadSettings resolved =
+        resolve_settings(options_.backend, options_.storage, options_.config, options_.use_config);
     // A missing driver or device is the load's error whatever the backend.
     if (device_.is_cuda()) check_cuda_device(device_.index);
     try {
@@ -162,6 +162,14 @@ void ReadExecutor::add_exact(std::size_t file, std::uint64_t begin, std::uint64_
   bounces_.push_back(BounceCopy{std::move(bounce), dest, end - begin});
 }
 
+void ReadExecutor::discard() noexcept {
+  requests_.clear();
+  staged_files_.clear();
+  bounces_.clear();
+  largest_staged_read_ = 0;
+  round_bytes_ = 0;
+}
+
 void ReadExecutor::cancel() noexcept {
   const std::lock_guard lock(cancel_mutex_);
   cancelled_ = true;
@@ -208,8 +216,7 @@ LoadStats ReadExecutor::run(std::uint64_t progress_total) {
     }
   }
   for (const BounceCopy& b : bounces) std::memcpy(b.to, b.from.dest, b.bytes);
-  stats.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (options_.on_progress) options_.on_progress(progress_total, progress_total);
   for (const auto& f : open_) {
     if (!f) continue;

@@ -101,6 +101,9 @@ class ReadExecutor {
   LoadStats run(std::uint64_t progress_total);
   // From any thread: the run() in progress, and the next one, throw CancelledError.
   void cancel() noexcept;
+  // Forgets what was add()ed since the last run() (a caller whose set-up failed half-way drops
+  // those destinations; nothing is read into them).
+  void discard() noexcept;
   // Bytes of file read by every run() so far, alignment supersets included, clipped at the
   // end of each file.
   [[nodiscard]] std::uint64_t bytes_read() const noexcept { return bytes_read_; }
@@ -129,9 +132,9 @@ class ReadExecutor {
   std::uint64_t largest_staged_read_ = 0;
   std::uint64_t round_bytes_ = 0;
   std::uint64_t bytes_read_ = 0;
-  std::mutex cancel_mutex_;             // guards active_ against run() leaving
-  bool cancelled_ = false;              // cancel() came; the next run() throws
-  ReadControl* active_ = nullptr;       // run()'s, while it reads
+  std::mutex cancel_mutex_;        // guards active_ against run() leaving
+  bool cancelled_ = false;         // cancel() came; the next run() throws
+  ReadControl* active_ = nullptr;  // run()'s, while it reads
 };
 
 }  // namespace warpload::detail

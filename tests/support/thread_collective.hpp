@@ -14,10 +14,10 @@
 #include <cstring>
 #include <exception>
 #include <functional>
-#include <span>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <utility>
@@ -29,9 +29,11 @@ namespace warpload::testing {
 
 class ThreadGroup : public std::enable_shared_from_this<ThreadGroup> {
  public:
-  ThreadGroup(int world, std::chrono::milliseconds timeout,
-              MemoryKind memory = MemoryKind::kHost)
-      : world_(world), timeout_(timeout), memory_(memory), posted_(static_cast<std::size_t>(world)) {}
+  ThreadGroup(int world, std::chrono::milliseconds timeout, MemoryKind memory = MemoryKind::kHost)
+      : world_(world),
+        timeout_(timeout),
+        memory_(memory),
+        posted_(static_cast<std::size_t>(world)) {}
 
   [[nodiscard]] std::shared_ptr<Collective> member(int rank);
 
@@ -158,7 +160,8 @@ class ThreadCollective final : public Collective {
   void broadcast(std::span<std::byte> data, int root) override {
     ++calls;
     group_->rendezvous(rank_, &data, "broadcast", [&](const std::vector<const void*>& all) {
-      const auto* src = static_cast<const std::span<std::byte>*>(all[static_cast<std::size_t>(root)]);
+      const auto* src =
+          static_cast<const std::span<std::byte>*>(all[static_cast<std::size_t>(root)]);
       if (root != rank_) std::memcpy(data.data(), src->data(), data.size());
     });
   }
@@ -173,7 +176,8 @@ class ThreadCollective final : public Collective {
     std::vector<std::string> out;
     group_->rendezvous(rank_, &status, "all_gather_status",
                        [&](const std::vector<const void*>& all) {
-                         for (const void* p : all) out.push_back(*static_cast<const std::string*>(p));
+                         for (const void* p : all)
+                           out.push_back(*static_cast<const std::string*>(p));
                        });
     return out;
   }

@@ -102,8 +102,8 @@ struct DeviceLoadMemory {
 
 void print_json(const LoadCommandOptions& options, const LoadStats& stats,
                 const std::vector<LoadedTensor>& tensors, double wall_seconds,
-                const std::optional<DeviceLoadMemory>& device_memory,
-                std::uint64_t staging_bytes, std::size_t chunks) {
+                const std::optional<DeviceLoadMemory>& device_memory, std::uint64_t staging_bytes,
+                std::size_t chunks) {
   std::string out;
   JsonWriter w(out);
   w.begin_object()
@@ -171,8 +171,8 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
 
 void print_text(const LoadCommandOptions& options, const std::vector<PlannedFile>& files,
                 const LoadStats& stats, const std::vector<LoadedTensor>& tensors,
-                const std::optional<DeviceLoadMemory>& device_memory,
-                std::uint64_t staging_bytes, std::size_t chunks) {
+                const std::optional<DeviceLoadMemory>& device_memory, std::uint64_t staging_bytes,
+                std::size_t chunks) {
   std::string out;
   if (options.hash) {
     const bool several_files = files.size() > 1;
@@ -263,8 +263,8 @@ namespace {
 void finish_load(const LoadCommandOptions& options, const std::vector<PlannedFile>& files,
                  const LoadStats& stats, const std::vector<LoadedTensor>& tensors,
                  const std::optional<Manifest>& manifest, double wall_seconds,
-                 const std::optional<DeviceLoadMemory>& device_memory,
-                 std::uint64_t staging_bytes, std::size_t chunks) {
+                 const std::optional<DeviceLoadMemory>& device_memory, std::uint64_t staging_bytes,
+                 std::size_t chunks) {
   if (manifest) {
     std::vector<TensorDigest> digests;
     for (const LoadedTensor& t : tensors) digests.push_back({t.file, t.info, t.xxh3});
@@ -305,8 +305,8 @@ void run_chunked_load(const LoadCommandOptions& options, LoadOptions load_option
   bar.finish();
   LoadStats stats = reader.stats();
   stats.files = plan->files().size();
-  finish_load(options, plan->files(), stats, tensors, manifest, wall_seconds, std::nullopt,
-              0, reader.chunks().size());
+  finish_load(options, plan->files(), stats, tensors, manifest, wall_seconds, std::nullopt, 0,
+              reader.chunks().size());
 }
 
 }  // namespace

@@ -38,9 +38,9 @@ struct LoadCommandOptions {
   std::filesystem::path config;  // --config FILE; empty = WARPLOAD_CONFIG or default location
   std::string device = "cpu";    // "cpu" or "cuda:N" (LoadOptions::device)
   bool direct = false;
-  unsigned threads = 0;          // 0 = backend default
-  std::uint64_t block_size = 0;  // 0 = backend default
-  unsigned queue_depth = 0;      // 0 = backend default
+  unsigned threads = 0;             // 0 = backend default
+  std::uint64_t block_size = 0;     // 0 = backend default
+  unsigned queue_depth = 0;         // 0 = backend default
   std::uint64_t staging_bytes = 0;  // device loads' pinned ring; 0 = LoadOptions' default
   bool hash = false;
   bool json = false;
