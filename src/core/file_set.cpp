@@ -155,7 +155,7 @@ fs::path hf_snapshot_dir(const std::string& model_id) {
       commit.pop_back();
     }
   }
-  const fs::path snapshot = repo / "snapshots" / commit;
+  fs::path snapshot = repo / "snapshots" / commit;
   if (!safe || commit.empty() || commit.find('/') != std::string::npos ||
       !fs::is_directory(snapshot, ec)) {
     throw NotFoundError(model_id + ": revision '" + revision + "' is not in the Hugging Face " +

@@ -25,31 +25,7 @@ constexpr std::uint64_t kDeviceViewAlignment = 256;  // what cuMemAlloc gives
 ReadExecutor::ReadExecutor(const LoadOptions& options, std::span<const PlannedFile> files)
     : options_(options), files_(files), device_(Device::parse(options.device)) {
   open_.resize(files.size());
-  storage_ = options_.custom_storage;
-  if (!storage_) {
-    const LoadSettings resolved =
-        resolve_settings(options_.backend, options_.storage, options_.config, options_.use_config);
-    // A missing driver or device is the load's error whatever the backend.
-    if (device_.is_cuda()) check_cuda_device(device_.index);
-    try {
-      if (device_.is_cuda()) {
-        DeviceStorage chosen = choose_device_storage(resolved.settings.backend,
-                                                     resolved.settings.storage, device_, files);
-        storage_ = std::move(chosen.storage);
-        // GDS opened (and registered) every file while being chosen.
-        for (std::size_t i = 0; i < chosen.files.size(); ++i) open_[i] = std::move(chosen.files[i]);
-        base_stats_.gds_fallback = std::move(chosen.gds_fallback);
-        base_stats_.gds_compat_mode = chosen.gds_compat_mode;
-      } else {
-        storage_ = make_storage(resolved.settings.backend, resolved.settings.storage);
-      }
-    } catch (const UnsupportedError& e) {
-      if (resolved.config.empty() || !options_.backend.empty()) throw;
-      throw UnsupportedError(resolved.config.string() + ": the config's backend: " + e.what());
-    }
-    base_stats_.config = resolved.config;
-    base_stats_.storage = resolved.settings.storage;
-  }
+  storage_ = options_.custom_storage ? options_.custom_storage : choose_storage(files);
   const StorageCapabilities& caps = storage_->capabilities();
 
   allocator_ = options_.allocator;
@@ -73,6 +49,29 @@ ReadExecutor::ReadExecutor(const LoadOptions& options, std::span<const PlannedFi
 }
 
 ReadExecutor::~ReadExecutor() = default;
+
+std::shared_ptr<Storage> ReadExecutor::choose_storage(std::span<const PlannedFile> files) {
+  const LoadSettings resolved =
+      resolve_settings(options_.backend, options_.storage, options_.config, options_.use_config);
+  base_stats_.config = resolved.config;
+  base_stats_.storage = resolved.settings.storage;
+  // A missing driver or device is the load's error whatever the backend.
+  if (device_.is_cuda()) check_cuda_device(device_.index);
+  try {
+    if (!device_.is_cuda())
+      return make_storage(resolved.settings.backend, resolved.settings.storage);
+    DeviceStorage chosen =
+        choose_device_storage(resolved.settings.backend, resolved.settings.storage, device_, files);
+    // GDS opened (and registered) every file while being chosen.
+    for (std::size_t i = 0; i < chosen.files.size(); ++i) open_[i] = std::move(chosen.files[i]);
+    base_stats_.gds_fallback = std::move(chosen.gds_fallback);
+    base_stats_.gds_compat_mode = chosen.gds_compat_mode;
+    return std::move(chosen.storage);
+  } catch (const UnsupportedError& e) {
+    if (resolved.config.empty() || !options_.backend.empty()) throw;
+    throw UnsupportedError(resolved.config.string() + ": the config's backend: " + e.what());
+  }
+}
 
 StorageFile& ReadExecutor::open(std::size_t file) {
   if (file >= files_.size()) {

@@ -111,6 +111,8 @@ class ReadExecutor {
   void close_files() noexcept;
 
  private:
+  // Settings resolved, then the backend for this destination (the top of this file).
+  std::shared_ptr<Storage> choose_storage(std::span<const PlannedFile> files);
   StorageFile& open(std::size_t file);
 
   LoadOptions options_;
