@@ -28,22 +28,13 @@
 #include <vector>
 
 #include "support/reference_reader.hpp"
+#include "support/sanitizers.hpp"
 #include "support/temp_dir.hpp"
 #include "warpload/config.hpp"
 #include "warpload/error.hpp"
 #include "warpload/storage.hpp"
 
 extern char** environ;
-
-// Sanitizer builds hold freed memory in quarantine and add shadow memory: RSS figures there
-// say nothing about the loader, so RSS bounds are checked in the Release run only.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define WARPLOAD_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define WARPLOAD_TEST_SANITIZED 1
-#endif
-#endif
 
 namespace warpload {
 namespace {

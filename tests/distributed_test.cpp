@@ -20,17 +20,10 @@
 #include "device/nccl_shim.hpp"
 #include "support/fault_storage.hpp"
 #include "support/random_checkpoint.hpp"
+#include "support/sanitizers.hpp"
 #include "support/temp_dir.hpp"
 #include "support/thread_collective.hpp"
 #include "warpload/warpload.hpp"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define WARPLOAD_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define WARPLOAD_TEST_SANITIZED 1
-#endif
-#endif
 
 namespace warpload {
 namespace {
@@ -216,9 +209,10 @@ TEST(PlanRanks, BlockGeometryMatchesBruteForce) {
         }
         // A window of the tensor sees exactly the block's bytes inside it.
         std::vector<std::uint64_t> window;
-        detail::for_each_overlap(b, 50, 200, [&](std::uint64_t off, std::uint64_t, std::uint64_t n) {
-          for (std::uint64_t i = 0; i < n; ++i) window.push_back(off + i);
-        });
+        detail::for_each_overlap(b, 50, 200,
+                                 [&](std::uint64_t off, std::uint64_t, std::uint64_t n) {
+                                   for (std::uint64_t i = 0; i < n; ++i) window.push_back(off + i);
+                                 });
         std::vector<std::uint64_t> expected_window;
         for (auto o : expected) {
           if (o >= 50 && o < 200) expected_window.push_back(o);
@@ -386,9 +380,7 @@ TEST(DistributedLoader, AddFailureOnOneRankFailsEveryRank) {
   TempDir dir;
   const Checkpoint c = write_checkpoint(dir);
   const fs::path broken = dir / "broken.safetensors";
-  {
-    std::ofstream(broken) << "not a safetensors file at all";
-  }
+  { std::ofstream(broken) << "not a safetensors file at all"; }
   const int world = 2;
   auto errors = run_ranks(world, std::chrono::seconds(20), [&](int r, auto collective) {
     DistributedLoader loader(collective, posix_options());

@@ -21,18 +21,10 @@
 #include <vector>
 
 #include "support/reference_reader.hpp"
+#include "support/sanitizers.hpp"
 #include "support/temp_dir.hpp"
 #include "warpload/dtype.hpp"
 #include "warpload/error.hpp"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define WARPLOAD_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
-    __has_feature(memory_sanitizer)
-#define WARPLOAD_TEST_SANITIZED 1
-#endif
-#endif
 
 namespace warpload {
 namespace {
@@ -555,10 +547,10 @@ TEST_F(FormatTest, WhitespaceAroundTheObjectIsAccepted) {
 }
 
 TEST_F(FormatTest, UnknownFieldsInATensorEntryAreIgnoredLikeTheReference) {
-  const Header header = expect_valid(crafted(
-      "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2],"
-      "\"extra\":{\"nested\":[1,2,{\"x\":null}]},\"note\":\"kept out\"}}",
-      2));
+  const Header header =
+      expect_valid(crafted("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2],"
+                           "\"extra\":{\"nested\":[1,2,{\"x\":null}]},\"note\":\"kept out\"}}",
+                           2));
   ASSERT_EQ(header.tensors.size(), 1u);
   EXPECT_EQ(header.tensors[0].shape, std::vector<std::uint64_t>{2});
 }
