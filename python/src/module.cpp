@@ -1,7 +1,7 @@
 // warpload._warpload: the pybind11 module under the warpload Python package.
 //
 // It exposes the engine at the level the pure-Python APIs (warpload/_api.py,
-// warpload/fastsafetensors.py) build on:
+// the warpload.fastsafetensors package) build on:
 //   _Loader        a warpload::Loader; load() releases the GIL and cancels on Ctrl-C
 //                  (cancellable_call.hpp)
 //   _ChunkReader   a warpload::ChunkedReader over a _Loader's plan (iterate_weights); next()
