@@ -462,6 +462,38 @@ fs::path write_sparse_checkpoint(const TempDir& dir, std::uint64_t bytes) {
   return path;
 }
 
+// Reads that each take at least `delay`: a rank reading through it cannot finish its share
+// before the test cancels it, however fast the machine reads holes.
+class SlowFile final : public StorageFile {
+ public:
+  SlowFile(std::unique_ptr<StorageFile> inner, std::chrono::microseconds delay)
+      : StorageFile(inner->path(), -1, inner->size(), inner->alignment()),
+        inner_(std::move(inner)),
+        delay_(delay) {}
+  [[nodiscard]] int fd() const noexcept override { return -1; }
+  [[nodiscard]] std::int64_t read_some(std::byte* dest, std::size_t size,
+                                       std::uint64_t offset) noexcept override {
+    std::this_thread::sleep_for(delay_);
+    return inner_->read_some(dest, size, offset);
+  }
+
+ private:
+  std::unique_ptr<StorageFile> inner_;
+  std::chrono::microseconds delay_;
+};
+
+class SlowStorage final : public StorageWrapper {
+ public:
+  SlowStorage(std::unique_ptr<Storage> target, std::chrono::microseconds delay)
+      : StorageWrapper(std::move(target)), delay_(delay) {}
+  [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
+    return std::make_unique<SlowFile>(target().open(path), delay_);
+  }
+
+ private:
+  std::chrono::microseconds delay_;
+};
+
 // Ctrl-C on one rank (LoadOptions::cancel) stops its reads; the error agreement then fails
 // every rank, promptly and naming the cancelled rank.
 TEST(DistributedLoader, CancelOnOneRankFailsEveryRank) {
@@ -478,8 +510,14 @@ TEST(DistributedLoader, CancelOnOneRankFailsEveryRank) {
   auto errors = run_ranks(2, std::chrono::seconds(30), [&](int r, auto collective) {
     LoadOptions o = posix_options();
     o.storage.threads = 1;
-    o.storage.block_size = 4096;  // 512 MiB of 4 KiB preads per rank: ~1.5 s, not 200 ms
-    if (r == 0) o.cancel = &cancel;
+    o.storage.block_size = 4096;  // 512 MiB of 4 KiB preads per rank: 0.2-3 s
+    if (r == 0) {
+      // Rank 0 needs over 6 s for its share (50 us a read), so the cancel at 200 ms always
+      // finds it reading; rank 1 reads at full speed.
+      o.cancel = &cancel;
+      o.custom_storage = std::make_shared<SlowStorage>(make_storage("posix", o.storage),
+                                                       std::chrono::microseconds(50));
+    }
     DistributedLoader loader(collective, o);
     loader.add(file);
     try {
@@ -494,7 +532,7 @@ TEST(DistributedLoader, CancelOnOneRankFailsEveryRank) {
   EXPECT_TRUE(cancelled[0]) << messages[0];
   EXPECT_TRUE(cancelled[1]) << messages[1];
   EXPECT_NE(messages[1].find("rank 0 of 2"), std::string::npos) << messages[1];
-  // Rank 1 reads its whole 512 MiB before the agreement tells it: ~1.5 s in Release. Under a
+  // Rank 1 reads its whole 512 MiB before the agreement tells it: 0.2-3 s in Release. Under a
   // sanitizer every pread is several times slower (3-17 s seen under TSan on 2 cores), so the
   // bound there only says "well before the collective's 30 s timeout".
 #ifdef WARPLOAD_TEST_SANITIZED
