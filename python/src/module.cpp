@@ -253,11 +253,6 @@ class PyLoader {
     PyLoader& self_;
   };
 
- public:
-  // From any thread, without the handle's busy check: stops a load() in progress.
-  void cancel() { cancel_.store(true); }
-
- private:
   std::function<void()> tick(const py::object& progress) {
     if (progress.is_none()) return {};
     return [this, progress] { progress(done_.load(), total_.load()); };
@@ -329,7 +324,6 @@ class PyChunkReader {
   void cancel() noexcept {
     if (reader_) reader_->cancel();
   }
-  std::uint64_t total_bytes() const { return reader_ ? reader_->total_bytes() : 0; }
 
   // Stops and drops the reader (a read ahead is cancelled and waited for) without the GIL,
   // which the reading thread's progress calls may need. Idempotent.
@@ -514,15 +508,13 @@ PYBIND11_MODULE(_warpload, m) {
                              [](const PyLoader& l) { return l.loader().total_bytes(); })
       .def_property_readonly("loaded", [](const PyLoader& l) { return l.loader().loaded(); })
       .def_property_readonly("device", &PyLoader::device)
-      .def("release", [](PyLoader& l) { l.loader().release(); })
-      .def("cancel", &PyLoader::cancel, py::call_guard<py::gil_scoped_release>());
+      .def("release", [](PyLoader& l) { l.loader().release(); });
 
   py::class_<PyChunkReader>(m, "_ChunkReader", py::module_local())
       .def(py::init<const PyLoader&, std::uint64_t, bool, py::object>(), py::arg("loader"),
            py::arg("memory_limit") = 0ULL, py::arg("prefetch") = true,
            py::arg("progress") = py::none())
       .def("next", &PyChunkReader::next)
-      .def_property_readonly("total_bytes", &PyChunkReader::total_bytes)
       .def("cancel", &PyChunkReader::cancel, py::call_guard<py::gil_scoped_release>())
       .def("close", &PyChunkReader::close);
 

@@ -85,6 +85,7 @@ def check_index(index: Any, shape: Tuple[int, ...]) -> None:
     an integer outside its dimension, a slice whose stop passes the end."""
     items: List[Any] = list(index) if isinstance(index, tuple) else [index]
     if any(_is_sequence(item) and len(item) != 0 for item in items):
+        # safetensors' own message for advanced indexing, word for word (callers match on it).
         raise SliceError("Non empty lists are not implemented")
     ellipses = sum(1 for item in items if item is Ellipsis)
     dims = list(range(len(items)))

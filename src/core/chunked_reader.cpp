@@ -88,8 +88,7 @@ ChunkedReader::State::Chunk ChunkedReader::State::read(std::size_t index, std::u
       const std::uint64_t b0 = h.tensors[span.first].begin;
       const std::uint64_t b1 = h.tensors[span.last - 1].end;
       // Tensors keep their data-section alignment (phase b0), as in a whole-file load.
-      placed.push_back(
-          executor->place(span.file, h.data_offset() + b0, h.data_offset() + b1, b0));
+      placed.push_back(executor->place(span.file, h.data_offset() + b0, h.data_offset() + b1, b0));
       executor->add(span.file, h.data_offset() + b0, h.data_offset() + b1, placed.back().dest);
     }
   } catch (...) {
@@ -177,15 +176,11 @@ std::optional<std::vector<TensorView>> ChunkedReader::next() {
   const std::size_t index = s.next_index;
   // A read ahead's error is rethrown here, at the next() that wanted its chunk.
   State::Chunk chunk = s.ahead.valid() ? s.ahead.get() : s.read(index, s.chunk_start);
-  s.stats.bytes += chunk.stats.bytes;
-  s.stats.seconds += chunk.stats.seconds;
-  s.stats.verify_seconds += chunk.stats.verify_seconds;
-  s.stats.files = chunk.stats.files;
-  s.stats.config = chunk.stats.config;
-  s.stats.storage = chunk.stats.storage;
-  s.stats.gds_fallback = chunk.stats.gds_fallback;
-  s.stats.gds_compat_mode = chunk.stats.gds_compat_mode;
-  s.stats.direct_files = chunk.stats.direct_files;
+  // The latest read's stats, with the times and bytes of every read so far.
+  const LoadStats before = std::exchange(s.stats, chunk.stats);
+  s.stats.bytes += before.bytes;
+  s.stats.seconds += before.seconds;
+  s.stats.verify_seconds += before.verify_seconds;
   s.next_index = index + 1;
   s.chunk_start += s.chunks[index].bytes;
   if (s.prefetch && s.next_index < s.chunks.size()) {

@@ -143,7 +143,7 @@ void ReadExecutor::add(std::size_t file, std::uint64_t begin, std::uint64_t end,
     requests_.push_back(ReadRequest{&f, first, last - first, dest - (begin - first)});
   }
   round_bytes_ += end - begin;
-  bytes_read_ += std::min(last, f.size()) - first;
+  round_read_ += std::min(last, f.size()) - first;
 }
 
 void ReadExecutor::add_exact(std::size_t file, std::uint64_t begin, std::uint64_t end,
@@ -167,6 +167,7 @@ void ReadExecutor::discard() noexcept {
   bounces_.clear();
   largest_staged_read_ = 0;
   round_bytes_ = 0;
+  round_read_ = 0;
 }
 
 void ReadExecutor::cancel() noexcept {
@@ -176,15 +177,15 @@ void ReadExecutor::cancel() noexcept {
 }
 
 LoadStats ReadExecutor::run(std::uint64_t progress_total) {
+  // This round's work; the executor is ready for the next one whatever happens to this one.
   std::vector<ReadRequest> requests = std::move(requests_);
   std::vector<StagedFile> staged = std::move(staged_files_);
   std::vector<BounceCopy> bounces = std::move(bounces_);
-  bounces_.clear();
-  const std::uint64_t largest = std::exchange(largest_staged_read_, 0);
+  const std::uint64_t largest = largest_staged_read_;
+  const std::uint64_t read = round_read_;
   LoadStats stats = base_stats_;
-  stats.bytes = std::exchange(round_bytes_, 0);
-  requests_.clear();
-  staged_files_.clear();
+  stats.bytes = round_bytes_;
+  discard();
 
   ReadControl control;
   {
@@ -217,6 +218,7 @@ LoadStats ReadExecutor::run(std::uint64_t progress_total) {
   for (const BounceCopy& b : bounces) std::memcpy(b.to, b.from.dest, b.bytes);
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (options_.on_progress) options_.on_progress(progress_total, progress_total);
+  bytes_read_ += read;
   for (const auto& f : open_) {
     if (!f) continue;
     ++stats.files;

@@ -16,7 +16,8 @@
 //   - mode: direct (the backend writes the destination, host or device) or staged (a CUDA
 //     destination and a backend that cannot write device memory: the staged pipeline).
 //
-// Then callers lay out destination memory with place() (or window() and their own buffer),
+// Then callers lay out destination memory with place() (or their own buffer, aligned to the
+// file's alignment() where the stream layout guarantees the rest, as DistributedLoader's),
 // schedule ranges with add() and read them all with run(), as many rounds as they like.
 //
 // A direct read of file bytes [begin, end) reads the aligned superset
@@ -71,19 +72,16 @@ class ReadExecutor {
   ReadExecutor& operator=(const ReadExecutor&) = delete;
 
   [[nodiscard]] const Device& device() const noexcept { return device_; }
-  // True for a CUDA destination read through the staged pipeline.
-  [[nodiscard]] bool staged() const noexcept { return staged_; }
   [[nodiscard]] Storage& storage() noexcept { return *storage_; }
   // Where destinations come from (see the top of this file).
   [[nodiscard]] const std::shared_ptr<Allocator>& allocator() const noexcept { return allocator_; }
   // The file's alignment for direct reads (opens it on first use).
   [[nodiscard]] std::uint64_t alignment(std::size_t file);
-  [[nodiscard]] ReadWindow window(std::size_t file, std::uint64_t begin, std::uint64_t end);
 
-  // Allocates destination memory for file bytes [begin, end) from allocator(), as window()
-  // says, naming the file when it fails. For buffered host reads `phase` places dest at
-  // phase % 64 past a 64-byte boundary, so a tensor at data-section offset `o` of the range
-  // keeps o's alignment (pass the range's data-section offset).
+  // Allocates destination memory for file bytes [begin, end) from allocator(), laid out as a
+  // ReadWindow says (the top of this file), naming the file when it fails. For buffered host reads
+  // `phase` places dest at phase % 64 past a 64-byte boundary, so a tensor at data-section offset
+  // `o` of the range keeps o's alignment (pass the range's data-section offset).
   [[nodiscard]] Placement place(std::size_t file, std::uint64_t begin, std::uint64_t end,
                                 std::uint64_t phase = 0);
 
@@ -104,13 +102,14 @@ class ReadExecutor {
   // Forgets what was add()ed since the last run() (a caller whose set-up failed half-way drops
   // those destinations; nothing is read into them).
   void discard() noexcept;
-  // Bytes of file read by every run() so far, alignment supersets included, clipped at the
-  // end of each file.
+  // Bytes of file read by every successful run() so far, alignment supersets included,
+  // clipped at the end of each file.
   [[nodiscard]] std::uint64_t bytes_read() const noexcept { return bytes_read_; }
   // Closes every file opened so far (GDS deregisters them); later add()s reopen.
   void close_files() noexcept;
 
  private:
+  [[nodiscard]] ReadWindow window(std::size_t file, std::uint64_t begin, std::uint64_t end);
   // Settings resolved, then the backend for this destination (the top of this file).
   std::shared_ptr<Storage> choose_storage(std::span<const PlannedFile> files);
   StorageFile& open(std::size_t file);
@@ -132,7 +131,8 @@ class ReadExecutor {
   };
   std::vector<BounceCopy> bounces_;  // add_exact() ranges read through a bounce buffer
   std::uint64_t largest_staged_read_ = 0;
-  std::uint64_t round_bytes_ = 0;
+  std::uint64_t round_bytes_ = 0;  // this round's range bytes
+  std::uint64_t round_read_ = 0;   // this round's file bytes (aligned supersets)
   std::uint64_t bytes_read_ = 0;
   std::mutex cancel_mutex_;        // guards active_ against run() leaving
   bool cancelled_ = false;         // cancel() came; the next run() throws

@@ -291,7 +291,6 @@ void run_chunked_load(const LoadCommandOptions& options, LoadOptions load_option
   const auto wall_start = std::chrono::steady_clock::now();
   ChunkedReader reader(plan, std::move(load_options), ChunkOptions{options.memory_limit, true});
   std::vector<LoadedTensor> tensors;
-  tensors.reserve(plan->keys().size());
   while (auto chunk = reader.next()) {
     for (const TensorView& view : *chunk) {
       const TensorLocation where = plan->find(view.name);
