@@ -43,6 +43,25 @@ struct Device {
 // (MemoryKind::kPinnedHost). Same errors as make_cuda_allocator().
 [[nodiscard]] std::shared_ptr<Allocator> make_pinned_allocator(Device device);
 
+// Host memory from `source` (a host allocator: anonymous huge pages, 3FS iovs, ...) page-locked
+// for `device` with cuMemHostRegister when each buffer is made, and unregistered before the
+// source's buffer is freed (MemoryKind::kPinnedHost; `data()` is the source buffer's). Same
+// errors as make_cuda_allocator(); a refused registration is an Error naming the device and
+// the byte count. Thread safety: allocate() from any thread.
+[[nodiscard]] std::shared_ptr<Allocator> make_registered_allocator(
+    Device device, std::shared_ptr<Allocator> source);
+
+// Device loads through a backend whose own memory can be the staging ring (3FS: iovs) keep
+// that ring's page-locked slots in a process-wide pool and reuse them in every later load
+// (docs/architecture.md, "Ring memory"). This frees every idle slot now (unregistered, then
+// released to its source: for 3FS the iov and its /dev/shm segment); slots a running load
+// holds are freed when it drops them. It also runs at exit. Returns the bytes freed now.
+// Thread safety: any thread, any time.
+std::uint64_t release_staging_pools() noexcept;
+
+// Bytes of slot memory the pools hold now (idle or lent to a running load).
+[[nodiscard]] std::uint64_t staging_pool_bytes() noexcept;
+
 // Free and total memory of `device` in bytes, as the driver reports them (cuMemGetInfo in the
 // device's primary context, retained for the call only). Memory other processes hold counts
 // as used. Same errors as make_cuda_allocator().

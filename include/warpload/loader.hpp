@@ -110,6 +110,10 @@ struct LoadStats {
   // empty. gds_compat_mode: backend "gds" ran with cuFile in compatibility mode (no nvidia-fs).
   std::string gds_fallback;
   bool gds_compat_mode = false;
+  // Device loads through the staged pipeline: what the ring's slots were ("pinned":
+  // cuMemHostAlloc; "registered": huge pages under cuMemHostRegister; "pool: 3fs <mount> ...":
+  // the backend's own memory, page-locked once and reused across loads); empty otherwise.
+  std::string staging_memory;
   // Time spent re-reading and comparing with LoadOptions::verify (not in `seconds`); 0 without.
   double verify_seconds = 0;
   [[nodiscard]] double gbps() const noexcept {

@@ -122,6 +122,15 @@ struct ReadControl {
   std::atomic<bool> cancel{false};           // set from any thread to stop; read() throws
 };
 
+// Host memory a device load's staging ring may be made of so that the backend reads into it
+// without a copy (Storage::staging_memory()). Slots made from `allocator` are page-locked and
+// kept in a process-wide pool under `key` (equal keys: interchangeable memory), reused by
+// later loads until release_staging_pools() (device.hpp) or exit.
+struct StagingMemory {
+  std::string key;
+  std::shared_ptr<Allocator> allocator;  // null: ordinary page-locked memory, per load
+};
+
 class Storage {
  public:
   virtual ~Storage() = default;
@@ -135,6 +144,10 @@ class Storage {
   // gave an allocator. Its buffers keep alive whatever they need (they may outlive the
   // Storage); reads into them from this backend are zero-copy.
   [[nodiscard]] virtual std::shared_ptr<Allocator> preferred_allocator() { return nullptr; }
+
+  // The memory a device load's staging ring should be made of (see StagingMemory), decided
+  // for the files opened so far; {} for ordinary page-locked memory.
+  [[nodiscard]] virtual StagingMemory staging_memory() { return {}; }
 
   // Reads every request completely, in parallel, and returns when all bytes have landed.
   // Short reads, EINTR and EAGAIN are retried. Throws IoError naming the file and the byte
@@ -157,6 +170,7 @@ class StorageWrapper : public Storage {
   [[nodiscard]] std::shared_ptr<Allocator> preferred_allocator() override {
     return target_->preferred_allocator();
   }
+  [[nodiscard]] StagingMemory staging_memory() override { return target_->staging_memory(); }
   void read(std::span<const ReadRequest> requests, ReadControl* control) override {
     target_->read(requests, control);
   }

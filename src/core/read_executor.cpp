@@ -9,6 +9,7 @@
 
 #include "common/align.hpp"
 #include "core/progress_monitor.hpp"
+#include "core/staging_pool.hpp"
 #include "device/cuda_shim.hpp"
 #include "storage/device_storage.hpp"
 #include "warpload/config.hpp"
@@ -211,8 +212,11 @@ LoadStats ReadExecutor::run(std::uint64_t progress_total) {
     const ProgressMonitor monitor(options_.on_progress, control, progress_total, options_.cancel);
     if (!requests.empty()) storage_->read(requests, &control);
     if (!staged.empty()) {
+      RingMemory ring = ring_slot_allocator(device_, storage_->staging_memory());
+      stats.staging_memory = std::move(ring.description);
       run_staged_load(*storage_, staged, device_,
-                      plan_staging_from_env(options_.staging_bytes, largest), &control);
+                      plan_staging_from_env(options_.staging_bytes, largest), &control,
+                      std::move(ring.slots));
     }
   }
   for (const BounceCopy& b : bounces) std::memcpy(b.to, b.from.dest, b.bytes);

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "device/cuda_shim.hpp"
@@ -72,9 +73,9 @@ std::vector<Piece> cut_into_pieces(std::span<const StagedFile> files, std::uint6
 // may take a slot. Its destructor synchronizes every stream before the slots are freed.
 class BounceRing {
  public:
-  BounceRing(Device device, const StagingPlan& plan)
+  BounceRing(Device device, const StagingPlan& plan, std::shared_ptr<Allocator> slot_memory)
       : device_(device),
-        pinned_(make_pinned_allocator(device)),
+        pinned_(std::move(slot_memory)),
         slot_bytes_(plan.slot_bytes),
         slots_(plan.slots) {
     for (std::size_t i = 0; i < plan.slots; ++i) {
@@ -161,8 +162,8 @@ class BounceRing {
 
 }  // namespace
 
-StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read,
-                         std::uint64_t slot_bytes, std::size_t readers) noexcept {
+StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read, std::uint64_t slot_bytes,
+                         std::size_t readers) noexcept {
   // Slot: the override, else 4 MiB, never more than half the budget (two slots fit).
   std::uint64_t slot = slot_bytes != 0 ? slot_bytes : std::min(kDefaultSlotBytes, budget / 2);
   slot = std::max(round_up(slot, kSlotGranule), kSlotGranule);
@@ -184,10 +185,11 @@ StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_re
 }
 
 void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device device,
-                     const StagingPlan& plan, ReadControl* control) {
+                     const StagingPlan& plan, ReadControl* control,
+                     std::shared_ptr<Allocator> slot_memory) {
   const std::vector<Piece> pieces = cut_into_pieces(files, plan.slot_bytes);
   if (pieces.empty()) return;
-  BounceRing ring(device, plan);
+  BounceRing ring(device, plan, std::move(slot_memory));
 
   std::mutex error_mutex;
   std::exception_ptr first_error;

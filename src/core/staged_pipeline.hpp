@@ -15,7 +15,8 @@
 // `dest + k`. The header bytes of the aligned superset stay in the slot.
 //
 // Memory: host memory is the ring only (slots x slot bytes of page-locked memory), whatever
-// the checkpoint size.
+// the checkpoint size. What the slots are made of (cuMemHostAlloc, registered huge pages, or
+// the backend's own memory such as 3FS iovs, pooled across loads) is the caller's choice.
 //
 // Errors: the first failure (read, CUDA call, asynchronous copy) is rethrown after every
 // stream has been synchronized, so no copy still reads a slot or writes a destination when
@@ -31,9 +32,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "warpload/device.hpp"
+#include "warpload/memory.hpp"
 #include "warpload/storage.hpp"
 
 namespace warpload::detail {
@@ -71,9 +74,12 @@ struct StagingPlan {
 // tests/gpu/staging_sweep.sh), read at each call.
 [[nodiscard]] StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_read);
 
-// Runs the pipeline for `files` onto `device` (see the top of this file). `control` may be
-// null. Throws as described above.
+// Runs the pipeline for `files` onto `device` (see the top of this file), its slots taken from
+// `slot_memory` (page-locked host memory for `device`: core/staging_pool.hpp says which; each
+// slot is allocated by the reader of its first piece and dropped when the call returns).
+// `control` may be null. Throws as described above.
 void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device device,
-                     const StagingPlan& plan, ReadControl* control);
+                     const StagingPlan& plan, ReadControl* control,
+                     std::shared_ptr<Allocator> slot_memory);
 
 }  // namespace warpload::detail

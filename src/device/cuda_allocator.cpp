@@ -166,6 +166,38 @@ class CudaPinnedAllocator final : public Allocator {
   std::shared_ptr<const PrimaryContextRef> context_;
 };
 
+// A source buffer page-locked for one device. Members go in reverse order: the registration
+// is undone (in the retained context) before the source buffer is freed.
+class RegisteredBuffer final : public Buffer {
+ public:
+  RegisteredBuffer(std::shared_ptr<const PrimaryContextRef> context, std::shared_ptr<Buffer> source)
+      : Buffer(source->data(), source->size(), MemoryKind::kPinnedHost),
+        context_(std::move(context)),
+        source_(std::move(source)),
+        registration_(context_->device(), source_->data(), source_->size()) {}
+
+ private:
+  std::shared_ptr<const PrimaryContextRef> context_;
+  std::shared_ptr<Buffer> source_;
+  detail::CudaHostRegistration registration_;
+};
+
+class RegisteredAllocator final : public Allocator {
+ public:
+  RegisteredAllocator(int device, std::shared_ptr<Allocator> source)
+      : context_(std::make_shared<const PrimaryContextRef>(device)), source_(std::move(source)) {}
+  [[nodiscard]] MemoryKind kind() const noexcept override { return MemoryKind::kPinnedHost; }
+
+  [[nodiscard]] std::shared_ptr<Buffer> allocate(std::size_t size, std::size_t alignment) override {
+    return std::make_shared<RegisteredBuffer>(context_,
+                                              source_->allocate(size == 0 ? 1 : size, alignment));
+  }
+
+ private:
+  std::shared_ptr<const PrimaryContextRef> context_;
+  std::shared_ptr<Allocator> source_;
+};
+
 void require_cuda(const Device& device) {
   if (!device.is_cuda()) {
     throw UnsupportedError("device '" + device.name() + "' is not a CUDA device");
@@ -183,6 +215,15 @@ std::shared_ptr<Allocator> make_cuda_allocator(Device device) {
 std::shared_ptr<Allocator> make_pinned_allocator(Device device) {
   require_cuda(device);
   return std::make_shared<CudaPinnedAllocator>(device.index);
+}
+
+std::shared_ptr<Allocator> make_registered_allocator(Device device,
+                                                     std::shared_ptr<Allocator> source) {
+  require_cuda(device);
+  if (!source || source->kind() == MemoryKind::kDevice) {
+    throw std::invalid_argument("make_registered_allocator: the source must make host memory");
+  }
+  return std::make_shared<RegisteredAllocator>(device.index, std::move(source));
 }
 
 }  // namespace warpload

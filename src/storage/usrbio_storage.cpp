@@ -140,6 +140,59 @@ class UsrbioFile final : public StorageFile {
 
 // ---- the ring worker ----
 
+// A ring and the iovs that serve it (heap-held: the library keeps their addresses).
+struct RingResources {
+  hf3fs_ior ring{};
+  hf3fs_iov staging{};
+  bool staging_created = false;
+  hf3fs_iov filler{};
+  bool filler_created = false;
+};
+
+void destroy(const Hf3fsApi& api, RingResources& r) noexcept {
+  api.iordestroy(&r.ring);
+  if (r.staging_created) api.iovdestroy(&r.staging);
+  if (r.filler_created) api.iovdestroy(&r.filler);
+}
+
+// Idle rings of one Storage, per mount: a device load calls read() once per 4 MiB piece, and
+// creating a ring (shared memory registered with the daemon, its queues) per call cost more
+// than the read. Only rings drained clean (nothing in flight, no partial io_depth batch) come
+// back. Destroyed with the Storage.
+class RingCache {
+ public:
+  explicit RingCache(const Hf3fsApi& api) : api_(api) {}
+  ~RingCache() {
+    for (auto& [mount, rings] : idle_) {
+      for (auto& ring : rings) destroy(api_, *ring);
+    }
+  }
+  RingCache(const RingCache&) = delete;
+  RingCache& operator=(const RingCache&) = delete;
+
+  [[nodiscard]] std::unique_ptr<RingResources> take(const std::string& mount) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    auto found = idle_.find(mount);
+    if (found == idle_.end() || found->second.empty()) return nullptr;
+    auto ring = std::move(found->second.back());
+    found->second.pop_back();
+    return ring;
+  }
+  void give_back(const std::string& mount, std::unique_ptr<RingResources> ring) noexcept {
+    try {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      idle_[mount].push_back(std::move(ring));
+    } catch (...) {
+      if (ring) destroy(api_, *ring);
+    }
+  }
+
+ private:
+  const Hf3fsApi& api_;
+  std::mutex mutex_;
+  std::map<std::string, std::vector<std::unique_ptr<RingResources>>> idle_;
+};
+
 struct RingSettings {
   std::string mount;
   int entries = kDefaultEntries;
@@ -153,19 +206,24 @@ struct RingSettings {
 
 class RingWorker {
  public:
-  RingWorker(const Hf3fsApi& api, ReadTracker& tracker, const RingSettings& settings)
-      : api_(api), tracker_(tracker), settings_(settings) {}
+  RingWorker(const Hf3fsApi& api, ReadTracker& tracker, const RingSettings& settings,
+             RingCache& cache)
+      : api_(api), tracker_(tracker), settings_(settings), cache_(cache) {}
   RingWorker(const RingWorker&) = delete;
   RingWorker& operator=(const RingWorker&) = delete;
 
   void run() noexcept {
-    const int created = api_.iorcreate4(&ring_, settings_.mount.c_str(), settings_.entries, true,
-                                        settings_.io_depth, 0, -1, settings_.flags);
-    if (created != 0) {
-      fail("hf3fs_iorcreate4 on mount '" + settings_.mount + "' (" +
-               std::to_string(settings_.entries) + " entries) failed: " + error_text(-created),
-           -created, 0);
-      return;
+    res_ = cache_.take(settings_.mount);
+    if (!res_) {
+      res_ = std::make_unique<RingResources>();
+      const int created = api_.iorcreate4(&res_->ring, settings_.mount.c_str(), settings_.entries,
+                                          true, settings_.io_depth, 0, -1, settings_.flags);
+      if (created != 0) {
+        fail("hf3fs_iorcreate4 on mount '" + settings_.mount + "' (" +
+                 std::to_string(settings_.entries) + " entries) failed: " + error_text(-created),
+             -created, 0);
+        return;
+      }
     }
     try {
       slots_.resize(static_cast<std::size_t>(settings_.entries));
@@ -177,10 +235,14 @@ class RingWorker {
       tracker_.fail(std::current_exception());
     }
     const bool drained = drain();
-    // A ring the daemon may still write through is left alone rather than unmapped under it.
-    if (drained) api_.iordestroy(&ring_);
-    if (staging_created_ && drained) api_.iovdestroy(&staging_);
-    if (filler_created_ && drained) api_.iovdestroy(&filler_iov_);
+    if (drained && unbatched_ == 0) {
+      cache_.give_back(settings_.mount, std::move(res_));  // idle: the next read() reuses it
+    } else if (drained) {
+      destroy(api_, *res_);
+    } else {
+      // A ring the daemon may still write through is left alone rather than unmapped under it.
+      static_cast<void>(res_.release());
+    }
   }
 
  private:
@@ -232,23 +294,27 @@ class RingWorker {
     return true;
   }
 
-  // Creates the staging iov on first need; false when it cannot be made (failure recorded).
+  // Creates the staging iov on first need (or takes the one the ring kept from an earlier
+  // read) and lists its slots; false when it cannot be made (failure recorded).
   bool ensure_staging() {
-    if (staging_created_) return true;
+    if (staging_listed_) return true;
     const std::uint64_t bs = settings_.block_size;
     const std::uint64_t per_block = bs == 0 ? 0 : std::max<std::uint64_t>(bs / staging_slot_, 1);
     const std::uint64_t slots = std::max<std::uint64_t>(settings_.staging_bytes / staging_slot_, 1);
     const std::uint64_t bytes =
         bs == 0 ? slots * staging_slot_ : (slots + per_block - 1) / per_block * bs;
-    const int result = api_.iovcreate(&staging_, settings_.mount.c_str(), bytes, bs, -1);
-    if (result != 0) {
-      fail("3fs: cannot create a " + std::to_string(bytes) + "-byte staging iov on mount '" +
-               settings_.mount + "': " + error_text(-result),
-           -result, 0);
-      return false;
+    if (!res_->staging_created) {
+      const int result = api_.iovcreate(&res_->staging, settings_.mount.c_str(), bytes, bs, -1);
+      if (result != 0) {
+        fail("3fs: cannot create a " + std::to_string(bytes) + "-byte staging iov on mount '" +
+                 settings_.mount + "': " + error_text(-result),
+             -result, 0);
+        return false;
+      }
+      res_->staging_created = true;
     }
-    staging_created_ = true;
-    auto* base = reinterpret_cast<std::byte*>(staging_.base);
+    staging_listed_ = true;
+    auto* base = reinterpret_cast<std::byte*>(res_->staging.base);
     for (std::uint64_t k = slots; k > 0; --k) {
       const std::uint64_t i = k - 1;
       const std::uint64_t at =
@@ -282,7 +348,7 @@ class RingWorker {
         }
         const std::size_t slot = free_slots_.back();
         const int index =
-            api_.prep_io(&ring_, iov != nullptr ? iov : &staging_, true,
+            api_.prep_io(&res_->ring, iov != nullptr ? iov : &res_->staging, true,
                          staging != nullptr ? staging : piece.dest, piece.file->fd(), piece.offset,
                          piece.length, reinterpret_cast<const void*>(slot));
         if (index >= 0) {
@@ -307,7 +373,7 @@ class RingWorker {
       // The daemon never runs a batch smaller than io_depth: complete it before waiting.
       if (unbatched_ != 0) prepared += prepare_fillers();
       if (prepared > 0) {
-        const int submitted = api_.submit_ios(&ring_);
+        const int submitted = api_.submit_ios(&res_->ring);
         if (submitted < 0) {
           fail("hf3fs_submit_ios on mount '" + settings_.mount +
                    "' failed: " + error_text(-submitted),
@@ -355,9 +421,9 @@ class RingWorker {
   // many it prepared; a failure is recorded and ends the padding.
   int prepare_fillers() noexcept {
     if (filler_fd_ < 0) return 0;
-    if (!filler_created_) {
+    if (!res_->filler_created) {
       const auto bytes = static_cast<std::uint64_t>(settings_.io_depth);
-      const int result = api_.iovcreate(&filler_iov_, settings_.mount.c_str(), bytes, 0, -1);
+      const int result = api_.iovcreate(&res_->filler, settings_.mount.c_str(), bytes, 0, -1);
       if (result != 0) {
         fail("3fs: cannot create the " + std::to_string(bytes) +
                  "-byte iov that completes io_depth batches on mount '" + settings_.mount +
@@ -366,13 +432,13 @@ class RingWorker {
         filler_fd_ = -1;
         return 0;
       }
-      filler_created_ = true;
+      res_->filler_created = true;
     }
     int prepared = 0;
     while (unbatched_ != 0 && !free_slots_.empty()) {
       const std::size_t slot = free_slots_.back();
-      auto* into = reinterpret_cast<std::byte*>(filler_iov_.base) + unbatched_;
-      const int index = api_.prep_io(&ring_, &filler_iov_, true, into, filler_fd_, 0, 1,
+      auto* into = reinterpret_cast<std::byte*>(res_->filler.base) + unbatched_;
+      const int index = api_.prep_io(&res_->ring, &res_->filler, true, into, filler_fd_, 0, 1,
                                      reinterpret_cast<const void*>(slot));
       if (index < 0) break;  // full (the daemon holds slots): try again after the next wait
       free_slots_.pop_back();
@@ -398,7 +464,7 @@ class RingWorker {
   // Waits until at least `min_results` completions are in or `deadline` passes, and handles
   // every completion returned. Returns how many were handled, or -errno.
   int reap(int min_results, const timespec& deadline) {
-    const int got = api_.wait_for_ios(&ring_, cqes_.data(), static_cast<int>(cqes_.size()),
+    const int got = api_.wait_for_ios(&res_->ring, cqes_.data(), static_cast<int>(cqes_.size()),
                                       min_results, &deadline);
     if (got == -ETIMEDOUT || got == -EINTR || got == -EAGAIN) return 0;
     if (got < 0) return got;
@@ -436,10 +502,11 @@ class RingWorker {
     const auto give_up = std::chrono::steady_clock::now() + kDrainTimeout;
     while (in_flight_ > 0) {
       int got = 0;
-      if (unbatched_ != 0 && prepare_fillers() > 0) static_cast<void>(api_.submit_ios(&ring_));
+      if (unbatched_ != 0 && prepare_fillers() > 0) static_cast<void>(api_.submit_ios(&res_->ring));
       try {
         const timespec deadline = realtime_deadline(std::chrono::milliseconds(200));
-        got = api_.wait_for_ios(&ring_, cqes_.data(), static_cast<int>(cqes_.size()), 1, &deadline);
+        got = api_.wait_for_ios(&res_->ring, cqes_.data(), static_cast<int>(cqes_.size()), 1,
+                                &deadline);
       } catch (...) {
         return false;
       }
@@ -461,13 +528,11 @@ class RingWorker {
   const Hf3fsApi& api_;
   ReadTracker& tracker_;
   const RingSettings& settings_;
-  hf3fs_ior ring_{};
-  hf3fs_iov staging_{};
-  bool staging_created_ = false;
-  hf3fs_iov filler_iov_{};
-  bool filler_created_ = false;
-  int filler_fd_ = -1;  // a registered file of this read, for fillers
-  int unbatched_ = 0;   // I/Os prepared since the last whole io_depth batch
+  RingCache& cache_;
+  std::unique_ptr<RingResources> res_;
+  bool staging_listed_ = false;  // staging_free_ holds res_->staging's slots
+  int filler_fd_ = -1;           // a registered file of this read, for fillers
+  int unbatched_ = 0;            // I/Os prepared since the last whole io_depth batch
   std::uint64_t staging_slot_ = kDefaultChunk;
   std::vector<std::byte*> staging_free_;
   std::vector<Slot> slots_;
@@ -479,7 +544,7 @@ class RingWorker {
 };
 
 void run_rings(const Hf3fsApi& api, ReadTracker& tracker, const RingSettings& settings,
-               unsigned rings) noexcept {
+               unsigned rings, RingCache& cache) noexcept {
   const std::uint64_t workers =
       std::min<std::uint64_t>(std::max(rings, 1U), tracker.operation_count());
   if (workers == 0) return;
@@ -487,12 +552,12 @@ void run_rings(const Hf3fsApi& api, ReadTracker& tracker, const RingSettings& se
   try {
     pool.reserve(workers - 1);
     while (pool.size() + 1 < workers) {
-      pool.emplace_back([&] { RingWorker(api, tracker, settings).run(); });
+      pool.emplace_back([&] { RingWorker(api, tracker, settings, cache).run(); });
     }
   } catch (...) {
     // Fewer rings than asked for only makes the read slower.
   }
-  RingWorker(api, tracker, settings).run();
+  RingWorker(api, tracker, settings, cache).run();
   for (std::thread& thread : pool) thread.join();
 }
 
@@ -563,6 +628,21 @@ class UsrbioStorage final : public Storage {
     return make_iov_allocator(api_, mount_hint_, options_.iov_block_size);
   }
 
+  // A device load's ring made of iovs of the files' mount: the daemon writes each piece into
+  // a slot and the copy engine reads it from there (docs/architecture.md, "Ring memory").
+  // Target `staging`, chosen explicitly, keeps ordinary pinned slots and the staging copy
+  // (tune compares the two); `auto` needs no huge pages here, because the pool's pages are
+  // faulted once per process, not once per load.
+  [[nodiscard]] StagingMemory staging_memory() override {
+    if (options_.target == UsrbioTarget::kStaging) return {};
+    const std::string mount = mount_hint_->get();
+    if (mount.empty()) return {};
+    auto hint = std::make_shared<MountHint>();
+    hint->set(mount);
+    return StagingMemory{"3fs " + mount + " block " + std::to_string(options_.iov_block_size),
+                         make_iov_allocator(api_, std::move(hint), options_.iov_block_size)};
+  }
+
   void read(std::span<const ReadRequest> requests, ReadControl* control) override {
     // Requests grouped by mount (rings belong to one mount); files this Storage did not open
     // are read with read_some().
@@ -581,7 +661,7 @@ class UsrbioStorage final : public Storage {
       RingSettings settings = settings_;
       settings.mount = mount;
       ReadTracker tracker(group, chunk_, control, &stop);
-      run_rings(api_, tracker, settings, rings_);
+      run_rings(api_, tracker, settings, rings_, *rings_cache_);
       tracker.finish();
     }
     if (!foreign.empty()) {
@@ -624,6 +704,8 @@ class UsrbioStorage final : public Storage {
   StorageCapabilities capabilities_;
   std::shared_ptr<MountHint> mount_hint_ = std::make_shared<MountHint>();
   std::shared_ptr<OpenFiles> open_files_ = std::make_shared<OpenFiles>();
+  // Declared last, destroyed first: no read() runs then.
+  std::unique_ptr<RingCache> rings_cache_ = std::make_unique<RingCache>(api_);
 };
 
 }  // namespace
