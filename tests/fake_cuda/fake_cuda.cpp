@@ -142,6 +142,9 @@ struct State {
   long long copy_calls = 0;
   long long async_copies = 0;
   long long pageable_copies = 0;
+  long long registered_copies = 0;   // async copies out of a cuMemHostRegister'ed range
+  long long registration_calls = 0;  // successful cuMemHostRegister calls
+  void (*copy_observer)(const void*, std::size_t) = nullptr;
 
   void read_environment() {
     fail_alloc_after = env_number("FAKE_CUDA_FAIL_ALLOC_AFTER", -1);
@@ -151,6 +154,8 @@ struct State {
     copy_calls = 0;
     async_copies = 0;
     pageable_copies = 0;
+    registered_copies = 0;
+    registration_calls = 0;
   }
 };
 
@@ -492,6 +497,7 @@ FAKE_CUDA_EXPORT CUresult cuMemHostRegister_v2(void* p, size_t bytes, unsigned i
     return kAlreadyRegistered;
   }
   s.registered.emplace(address, bytes);
+  ++s.registration_calls;
   return kSuccess;
 }
 
@@ -504,8 +510,11 @@ FAKE_CUDA_EXPORT CUresult cuMemHostUnregister(void* p) {
   return kSuccess;
 }
 
-FAKE_CUDA_EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes,
-                                               CUstream stream) {
+namespace {
+
+// cuMemcpyHtoDAsync; `*observer` is set to the copy observer when the copy was counted.
+CUresult enqueue_host_to_device(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream,
+                                void (**observer)(const void*, std::size_t)) {
   State& s = state();
   std::shared_ptr<Stream> target;
   bool fail = false;
@@ -527,6 +536,11 @@ FAKE_CUDA_EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src,
     delay_us = s.copy_delay_us;
     ++s.async_copies;
     if (!is_page_locked(s, src, bytes)) ++s.pageable_copies;
+    if (find_range(s.registered, reinterpret_cast<std::uintptr_t>(src), bytes, plain_size) !=
+        s.registered.end()) {
+      ++s.registered_copies;
+    }
+    *observer = s.copy_observer;
     if (target == nullptr) {  // the null stream: done before returning
       std::memcpy(reinterpret_cast<void*>(static_cast<std::uintptr_t>(dst)), src, bytes);
       return kSuccess;
@@ -547,6 +561,16 @@ FAKE_CUDA_EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src,
     std::memcpy(reinterpret_cast<void*>(static_cast<std::uintptr_t>(dst)), src, bytes);
   });
   return kSuccess;
+}
+
+}  // namespace
+
+FAKE_CUDA_EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes,
+                                               CUstream stream) {
+  void (*observer)(const void*, std::size_t) = nullptr;
+  const CUresult result = enqueue_host_to_device(dst, src, bytes, stream, &observer);
+  if (observer != nullptr) observer(src, bytes);  // outside the state lock: it may use the hooks
+  return result;
 }
 
 namespace {
@@ -767,6 +791,26 @@ FAKE_CUDA_EXPORT int fake_cuda_current_device() {
     return require_context(s, &context) == kSuccess ? context->device : -1;
   });
 }
+FAKE_CUDA_EXPORT long long fake_cuda_registered_async_copies() {
+  return locked([](State& s) { return s.registered_copies; });
+}
+FAKE_CUDA_EXPORT long long fake_cuda_registration_calls() {
+  return locked([](State& s) { return s.registration_calls; });
+}
+FAKE_CUDA_EXPORT int fake_cuda_host_registered(const void* p, size_t bytes) {
+  return locked([p, bytes](State& s) {
+    return find_range(s.registered, reinterpret_cast<std::uintptr_t>(p), bytes, plain_size) !=
+                   s.registered.end()
+               ? 1
+               : 0;
+  });
+}
+FAKE_CUDA_EXPORT void fake_cuda_set_copy_observer(void (*observer)(const void*, size_t)) {
+  locked([observer](State& s) {
+    s.copy_observer = observer;
+    return 0;
+  });
+}
 FAKE_CUDA_EXPORT void fake_cuda_reset() {
   locked([](State& s) {
     s.read_environment();
@@ -774,3 +818,28 @@ FAKE_CUDA_EXPORT void fake_cuda_reset() {
     return 0;
   });
 }
+
+namespace {
+
+// FAKE_CUDA_EXIT_REPORT=<path>: when the process exits, write what is still registered, pinned
+// and allocated. Constructed when the library is loaded, so its destructor runs after every exit
+// handler the process registered later (a loader's release of its pools among them).
+struct ExitReport {
+  ExitReport() = default;
+  ExitReport(const ExitReport&) = delete;
+  ExitReport& operator=(const ExitReport&) = delete;
+  ~ExitReport() {
+    const char* path = std::getenv("FAKE_CUDA_EXIT_REPORT");
+    if (path == nullptr || *path == '\0') return;
+    std::FILE* out = std::fopen(path, "w");
+    if (out == nullptr) return;
+    State& s = state();
+    const std::lock_guard<std::mutex> lock(s.mutex);
+    std::fprintf(out, "registrations %zu\npinned %zu\nallocations %zu\n", s.registered.size(),
+                 s.pinned.size(), s.device_memory.size());
+    std::fclose(out);
+  }
+};
+const ExitReport exit_report;
+
+}  // namespace

@@ -24,6 +24,15 @@ typedef int (*fake_cuda_primary_ctx_refcount_fn)(int device);
  * registered) host memory. */
 typedef long long (*fake_cuda_async_copies_fn)(void);
 typedef long long (*fake_cuda_pageable_async_copies_fn)(void);
+/* Async copies whose source lies inside a cuMemHostRegister'ed range (not cuMemHostAlloc), and
+ * successful cuMemHostRegister calls, since the last reset. */
+typedef long long (*fake_cuda_registered_async_copies_fn)(void);
+typedef long long (*fake_cuda_registration_calls_fn)(void);
+/* 1 when [p, p + bytes) lies inside one live cuMemHostRegister'ed range, else 0. */
+typedef int (*fake_cuda_host_registered_fn)(const void* p, size_t bytes);
+/* Calls `observer` (null: none) with the source of every counted cuMemcpyHtoDAsync, on the
+ * calling thread, after the state lock is released. */
+typedef void (*fake_cuda_set_copy_observer_fn)(void (*observer)(const void* src, size_t bytes));
 /* 1 when [p, p + bytes) lies inside one live cuMemAlloc allocation, else 0 (the fake cuFile,
  * tests/fake_cufile/, checks its destinations with it). */
 typedef int (*fake_cuda_device_range_fn)(unsigned long long p, size_t bytes);

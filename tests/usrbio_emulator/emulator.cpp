@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -370,7 +371,27 @@ bool range_has_hole(const IoSlot& io) {
   return hole;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Test hooks (README.md, "Test hooks"): what tests can see besides bytes.
+
+using IoObserver = void (*)(const void* ptr, size_t len);
+std::atomic<IoObserver> io_observer{nullptr};
+std::atomic<long long> iovcreate_calls{0};
+
+// Live iovs made by iovcreate/iovopen: base -> size.
+std::mutex& live_iovs_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<uintptr_t, size_t>& live_iovs() {
+  static auto* const iovs = new std::map<uintptr_t, size_t>;  // outlives static destruction
+  return *iovs;
+}
+
 int64_t perform_io(const IoSlot& io, uint64_t ring_flags) {
+  if (const IoObserver observe = io_observer.load(); observe != nullptr && io.read) {
+    observe(io.ptr, static_cast<size_t>(io.len));
+  }
   uint64_t delay_ms = 0;
   if (env_offset_hits(io, "WARPLOAD_EMU_DELAY_OFFSET") &&
       env_u64("WARPLOAD_EMU_DELAY_MS", &delay_ms)) {
@@ -603,6 +624,9 @@ HF3FS_EMU_EXPORT int hf3fs_iovcreate(hf3fs_iov* iov, const char* mount, size_t s
     iov->block_size = block_size;
     iov->numa = numa;
     iov->iovh = h.release();
+    ++iovcreate_calls;
+    const std::lock_guard<std::mutex> lock(live_iovs_mutex());
+    live_iovs()[reinterpret_cast<uintptr_t>(map.base)] = size;
   }
   log_call("hf3fs_iovcreate(%p, %s, %zu, %zu, %d) = %d", static_cast<void*>(iov),
            mount ? mount : "(null)", size, block_size, numa, rc);
@@ -676,6 +700,10 @@ HF3FS_EMU_EXPORT void hf3fs_iovdestroy(hf3fs_iov* iov) {
   log_call("hf3fs_iovdestroy(%p)", static_cast<void*>(iov));
   if (iov == nullptr || iov->iovh == nullptr) return;  // wrapped or never created
   auto* h = static_cast<IovHandle*>(iov->iovh);
+  {
+    const std::lock_guard<std::mutex> lock(live_iovs_mutex());
+    live_iovs().erase(reinterpret_cast<uintptr_t>(iov->base));
+  }
   ::munmap(iov->base, iov->size);
   if (h->owner) {
     ::unlink(h->link_path.c_str());
@@ -921,3 +949,24 @@ HF3FS_EMU_EXPORT int hf3fs_wait_for_ios(const hf3fs_ior* ior, hf3fs_cqe* cqes, i
            min_results, abs_timeout ? "deadline" : "no deadline", rc);
   return rc;
 }
+
+// ---- test hooks (not part of the 3FS ABI) ----
+
+// Calls `observer` (null: none) with the destination of every read I/O, from the worker thread
+// that performs it, before it runs.
+HF3FS_EMU_EXPORT void hf3fs_emu_set_io_observer(void (*observer)(const void*, size_t)) {
+  io_observer.store(observer);
+}
+
+// 1 when [p, p + len) lies inside one live iov made by hf3fs_iovcreate, else 0.
+HF3FS_EMU_EXPORT int hf3fs_emu_in_iov(const void* p, size_t len) {
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  const std::lock_guard<std::mutex> lock(live_iovs_mutex());
+  auto it = live_iovs().upper_bound(begin);
+  if (it == live_iovs().begin()) return 0;
+  --it;
+  return begin - it->first <= it->second && len <= it->second - (begin - it->first) ? 1 : 0;
+}
+
+// Successful hf3fs_iovcreate calls since the library was loaded.
+HF3FS_EMU_EXPORT long long hf3fs_emu_iovcreate_calls(void) { return iovcreate_calls.load(); }
