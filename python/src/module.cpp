@@ -523,6 +523,12 @@ PYBIND11_MODULE(_warpload, m) {
   m.def("live_host_bytes", &host_bytes_in_use,
         "Bytes of host memory warpload currently holds for loaded tensors (any tensor still "
         "alive keeps its file's buffer).");
+  m.def("release_staging_pools", &release_staging_pools, py::call_guard<py::gil_scoped_release>(),
+        "Frees the page-locked staging slots device loads keep for reuse (3FS iovs registered "
+        "with CUDA); slots a running load holds are freed when it ends. Also done at exit. "
+        "Returns the bytes freed now.");
+  m.def("staging_pool_bytes", &staging_pool_bytes,
+        "Bytes of staging slots the pools hold (idle or lent to a running load).");
   m.def("available_backends", &available_storage_names);
   m.def(
       "backend_names",

@@ -13,6 +13,8 @@ Importing warpload does not import torch or numpy; they are imported on first us
 See docs/python.md for the zero-copy and lifetime rules, dtype fallbacks and errors.
 """
 
+import atexit
+
 from ._warpload import (
     CancelledError,
     DLPackTensor,
@@ -24,10 +26,17 @@ from ._warpload import (
     backends,
     cuda_available,
     live_host_bytes,
+    release_staging_pools,
+    staging_pool_bytes,
 )
 from ._api import SafeSlice, iterate_weights, load_file, safe_open
 from ._api import load_bytes as load
 from ._tensors import stored_dtype
+
+# The engine frees its staging pools (3FS iovs: /dev/shm segments) in a C exit handler, but an
+# interpreter ended by an uncaught KeyboardInterrupt re-raises SIGINT after finalizing, and C
+# exit handlers never run then; Python's run during finalization in every case.
+atexit.register(release_staging_pools)
 
 __all__ = [
     "CancelledError",
@@ -44,6 +53,8 @@ __all__ = [
     "live_host_bytes",
     "load",
     "load_file",
+    "release_staging_pools",
     "safe_open",
+    "staging_pool_bytes",
     "stored_dtype",
 ]

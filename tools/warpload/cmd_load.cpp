@@ -123,6 +123,7 @@ void print_json(const LoadCommandOptions& options, const LoadStats& stats,
     // Host growth is the peak during the load over the RSS before it (context already up);
     // device memory used is the drop in the device's free memory while the tensors live.
     w.field("staging_bytes", staging_bytes)
+        .field("staging_memory", stats.staging_memory)
         .field("host_rss_growth_bytes", device_memory->host_growth)
         .field("host_rss_peak_windowed", device_memory->peak_window)
         .field("device_memory_used_bytes", device_memory->device_used);
@@ -243,6 +244,9 @@ std::string describe_backend(const LoadStats& stats, bool direct) {
     return fmt::format("{}: {} of {} file{} O_DIRECT", stats.backend, stats.direct_files,
                        stats.files, plural);
   }
+  if (info.uses_usrbio && stats.staging_memory.starts_with("pool: ")) {
+    return stats.backend + ", into " + stats.device + " from registered iovs (no CPU copy)";
+  }
   if (info.uses_usrbio) {
     return stats.backend + (resolve_usrbio_target(stats.storage.usrbio.target) == UsrbioTarget::kIov
                                 ? ", zero copy into iovs"
@@ -338,6 +342,7 @@ void run_load(const LoadCommandOptions& options) {
   load_options.storage.block_size = options.block_size;
   load_options.storage.queue_depth = options.queue_depth;
   load_options.verify = options.verify;
+  load_options.cancel = interrupt_flag();
   if (options.staging_bytes != 0) load_options.staging_bytes = options.staging_bytes;
   ProgressBar bar(stderr, "load");
   if (bar.enabled()) {

@@ -4,6 +4,7 @@
 // one "warpload: <message>" line and an exit status.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <stdexcept>
@@ -18,6 +19,13 @@ namespace warpload::cli {
 // "auto: 3 of 4 files O_DIRECT", or, when `direct` was asked for, whether every file got it
 // (a file system without O_DIRECT, such as tmpfs, is read buffered instead).
 std::string describe_backend(const LoadStats& stats, bool direct);
+
+// The flag Ctrl-C sets for a command that stops cleanly on it (LoadOptions::cancel). Asking
+// for it marks the running command as one that does: the first Ctrl-C then sets the flag and
+// lets the command unwind and exit normally (exit handlers release staging pools: 3FS iovs and
+// their /dev/shm segments), a second one ends the process at once. Without it, Ctrl-C exits
+// at once.
+const std::atomic<bool>* interrupt_flag();
 
 // A command line that parsed but makes no sense (unknown backend name, bad combination).
 // Exits with status 2, like CLI11's own parse errors.

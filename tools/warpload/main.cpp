@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -73,8 +74,14 @@ int fail(int status, std::string_view message) {
   return status;
 }
 
-// Ctrl-C: end a progress bar's line, say why, exit 130. Only async-signal-safe calls.
+// Ctrl-C: end a progress bar's line and say why; then either let a command that honours
+// interrupt_flag() unwind (the first time), or exit 130 at once. Only async-signal-safe calls
+// (the flag is lock-free).
 bool g_stderr_is_tty = false;
+std::atomic<bool> g_interrupt{false};
+volatile std::sig_atomic_t g_cancellable = 0;
+static_assert(std::atomic<bool>::is_always_lock_free);
+
 extern "C" void on_interrupt(int /*signal*/) {
   static constexpr char kTty[] = "\nwarpload: interrupted\n";
   static constexpr char kPlain[] = "warpload: interrupted\n";
@@ -83,6 +90,7 @@ extern "C" void on_interrupt(int /*signal*/) {
   } else {
     (void)!::write(STDERR_FILENO, kPlain, sizeof(kPlain) - 1);
   }
+  if (g_cancellable != 0 && !g_interrupt.exchange(true)) return;
   ::_exit(kCancelled);
 }
 
@@ -291,12 +299,19 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
+const std::atomic<bool>* warpload::cli::interrupt_flag() {
+  g_cancellable = 1;
+  return &g_interrupt;
+}
+
 int main(int argc, char** argv) {
   try {
     return run(argc, argv);
   } catch (const cli::UsageError& e) {
     return fail(kUsage, e.what());
   } catch (const warpload::Error& e) {
+    // Interrupted: "interrupted" was said already.
+    if (e.kind() == warpload::ErrorKind::kCancelled && g_interrupt.load()) return kCancelled;
     return fail(status_for(e.kind()), e.what());
   } catch (const std::bad_alloc&) {
     return fail(kOutOfMemory, "out of memory");
