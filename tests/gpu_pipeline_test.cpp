@@ -51,6 +51,7 @@ struct FakeDriver {
   fake_cuda_async_copies_fn async_copies = nullptr;
   fake_cuda_pageable_async_copies_fn pageable_async_copies = nullptr;
   fake_cuda_reset_fn reset = nullptr;
+  fake_cuda_registration_calls_fn registration_calls = nullptr;
 
   static const FakeDriver& get() {
     static const FakeDriver driver = [] {
@@ -70,13 +71,14 @@ struct FakeDriver {
       sym(d.async_copies, "fake_cuda_async_copies");
       sym(d.pageable_async_copies, "fake_cuda_pageable_async_copies");
       sym(d.reset, "fake_cuda_reset");
+      sym(d.registration_calls, "fake_cuda_registration_calls");
       return d;
     }();
     return driver;
   }
   [[nodiscard]] bool usable() const noexcept {
     return live_allocations && live_pinned_allocations && live_pinned_bytes && live_streams &&
-           live_events && async_copies && pageable_async_copies && reset;
+           live_events && async_copies && pageable_async_copies && reset && registration_calls;
   }
 };
 
@@ -233,6 +235,46 @@ TEST_F(GpuPipelineTest, EveryBackendByteExactOnTwoDevices) {
   if (!real_gpu()) {  // every copy came out of the pinned ring, none from pageable memory
     EXPECT_GT(FakeDriver::get().async_copies(), 0);
     EXPECT_EQ(FakeDriver::get().pageable_async_copies(), 0);
+  }
+}
+
+// The ring's memory, whatever it is: registered huge pages, or (the experiment) page-cache
+// mappings registered in place for buffered files while O_DIRECT files still read into slots.
+// Slow copies make a mapping released or a slot refilled too early show as wrong bytes.
+TEST_F(GpuPipelineTest, RegisteredAndMappedRingsAreByteExact) {
+  TempDir dir;
+  const Expected expected = write_checkpoint(dir);
+  std::optional<FakeSwitch> delay;
+  if (!real_gpu()) delay.emplace("FAKE_CUDA_COPY_DELAY_US", "2000");
+  for (const char* memory : {"registered", "mapped", "mapped:2"}) {
+    setenv("WARPLOAD_STAGING_MEMORY", memory, 1);
+    for (const bool direct : {false, true}) {
+      SCOPED_TRACE(std::string(memory) + (direct ? " --direct" : ""));
+      LoadOptions options;
+      options.backend = "posix";
+      options.storage.direct = direct;
+      options.use_config = false;
+      options.device = "cuda:0";
+      options.staging_bytes = 128 << 10;
+      Loader loader(options);
+      loader.add(dir.path());
+      const long long registrations = real_gpu() ? 0 : FakeDriver::get().registration_calls();
+      const LoadStats stats = loader.load();
+      EXPECT_EQ(stats.bytes, loader.total_bytes());
+      expect_on_device(loader, expected, "cuda:0");
+      if (real_gpu()) continue;
+      // registered: each of the 2 slots once; mapped: each 64 KiB piece of a buffered file
+      // (several per file), none for O_DIRECT files (read into the 2 pinned slots).
+      const long long made = FakeDriver::get().registration_calls() - registrations;
+      if (std::string(memory) == "registered") EXPECT_EQ(made, 2);
+      if (std::string(memory).starts_with("mapped") && !direct) EXPECT_GT(made, 2);
+      if (std::string(memory).starts_with("mapped") && direct) EXPECT_EQ(made, 0);
+    }
+  }
+  unsetenv("WARPLOAD_STAGING_MEMORY");
+  if (!real_gpu()) {
+    EXPECT_EQ(FakeDriver::get().pageable_async_copies(), 0);
+    EXPECT_EQ(FakeDriver::get().live_pinned_allocations(), 0);
   }
 }
 

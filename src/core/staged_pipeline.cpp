@@ -1,12 +1,18 @@
 #include "core/staged_pipeline.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -41,6 +47,55 @@ std::uint64_t env_count(const char* name) noexcept {
 }
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+// A range of a file's page cache, mapped and page-locked so the copy engine reads it in place:
+// no read() and no CPU copy (the WARPLOAD_STAGING_MEMORY=mapped experiment; docs/performance.md
+// has what it measured). data() is the range's first byte. Unregistered, then unmapped.
+class MappedRange final : public Buffer {
+ public:
+  MappedRange(void* base, std::size_t bytes, std::size_t lead, int device)
+      : Buffer(static_cast<std::byte*>(base) + lead, bytes - lead, MemoryKind::kPinnedHost),
+        base_(base),
+        bytes_(bytes) {
+    try {
+      registration_.emplace(
+          device, base, bytes,
+          WARPLOAD_CU_MEMHOSTREGISTER_PORTABLE | WARPLOAD_CU_MEMHOSTREGISTER_READ_ONLY);
+    } catch (...) {
+      ::munmap(base_, bytes_);
+      throw;
+    }
+  }
+  ~MappedRange() override {
+    registration_.reset();
+    ::munmap(base_, bytes_);
+  }
+  MappedRange(const MappedRange&) = delete;
+  MappedRange& operator=(const MappedRange&) = delete;
+
+ private:
+  void* base_;
+  std::size_t bytes_;
+  std::optional<CudaHostRegistration> registration_;
+};
+
+// Maps file bytes [offset, offset + length) of `file` (whole pages around them) and page-locks
+// them for `device`. Throws IoError naming the file and offset when the mapping fails.
+std::shared_ptr<Buffer> map_range(const StorageFile& file, std::uint64_t offset,
+                                  std::uint64_t length, int device) {
+  static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t start = offset / page * page;
+  const auto bytes = static_cast<std::size_t>(offset + length - start);
+  void* base = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, file.fd(), static_cast<off_t>(start));
+  if (base == MAP_FAILED) {
+    const int error = errno;
+    throw IoError(file.path().string() + ": cannot map " + std::to_string(length) +
+                      " bytes at offset " + std::to_string(offset) + ": " + std::strerror(error),
+                  error, offset);
+  }
+  return std::make_shared<MappedRange>(base, bytes, static_cast<std::size_t>(offset - start),
+                                       device);
+}
 
 // One slot-sized piece of one file's read range.
 struct Piece {
@@ -77,7 +132,8 @@ class BounceRing {
       : device_(device),
         pinned_(std::move(slot_memory)),
         slot_bytes_(plan.slot_bytes),
-        slots_(plan.slots) {
+        slots_(plan.slots),
+        held_(plan.slots) {
     for (std::size_t i = 0; i < plan.slots; ++i) {
       streams_.push_back(std::make_unique<CudaStream>(device.index));
       events_.push_back(std::make_unique<CudaEvent>(device.index));
@@ -92,9 +148,7 @@ class BounceRing {
 
   // Blocks until piece `p` may use its slot (piece p - size() has queued its copy and
   // recorded the slot's event), then until that copy has finished. false when the load
-  // stopped meanwhile. A slot's pinned memory is allocated by the reader of its first piece,
-  // so the readers page-lock their slots in parallel while the first reads already run
-  // (pinning is the ring's main cost: ~0.35 s per GiB on the H200 machine).
+  // stopped meanwhile.
   [[nodiscard]] bool acquire(std::size_t p) {
     const std::size_t s = p % size();
     {
@@ -102,28 +156,38 @@ class BounceRing {
       turn_.wait(lock, [&] { return stopped_ || next_piece_[s] == p; });
       if (stopped_) return false;
     }
-    if (!slots_[s]) {  // only piece s gets here: it holds the slot's turn
-      slots_[s] = pinned_->allocate(slot_bytes_, kSlotGranule);
-      return true;
-    }
-    events_[s]->synchronize();  // the previous copy out of this slot is done
+    if (p >= size()) events_[s]->synchronize();  // the previous copy out of this slot is done
     return true;
   }
 
-  // Queues the copy of `bytes` at `offset` into the slot to `dest`, records the slot's event
-  // and hands the slot to piece p + size().
-  void copy_out(std::size_t p, std::uint64_t offset, std::uint64_t bytes, std::byte* dest) {
+  // Where piece p's bytes are read to: its slot's memory. A slot's memory is allocated by the
+  // reader of the first piece that needs it, so the readers page-lock their slots in parallel
+  // while the first reads already run (pinning was the ring's main cost: ~0.35 s per GiB on
+  // the H200 machine). Only the holder of the slot's turn calls this.
+  [[nodiscard]] std::byte* slot(std::size_t p) {
+    const std::size_t s = p % size();
+    if (!slots_[s]) slots_[s] = pinned_->allocate(slot_bytes_, kSlotGranule);
+    return slots_[s]->data();
+  }
+
+  // Mapped pieces (StagingPlan::map_every): the page-locked mapping piece p's copy reads,
+  // kept until the slot's next turn (its copy has finished then); the previous one goes now.
+  void hold(std::size_t p, std::shared_ptr<Buffer> mapped) {
+    held_[p % size()] = std::move(mapped);
+  }
+
+  // Queues the copy of `bytes` from `source` (in the slot or the held mapping) to `dest`,
+  // records the slot's event and hands the slot to piece p + size().
+  void copy_out(std::size_t p, const std::byte* source, std::uint64_t bytes, std::byte* dest) {
     const std::size_t s = p % size();
     if (bytes > 0) {
-      copy_to_device_async(dest, slots_[s]->data() + offset, bytes, *streams_[s]);
+      copy_to_device_async(dest, source, bytes, *streams_[s]);
       events_[s]->record(*streams_[s]);
     }
     std::lock_guard lock(mutex_);
     next_piece_[s] = p + size();
     turn_.notify_all();
   }
-
-  [[nodiscard]] std::byte* slot(std::size_t p) const noexcept { return slots_[p % size()]->data(); }
 
   void stop() noexcept {
     std::lock_guard lock(mutex_);
@@ -149,9 +213,11 @@ class BounceRing {
   Device device_;
   std::shared_ptr<Allocator> pinned_;
   std::uint64_t slot_bytes_;
-  // Filled lazily by acquire(); each entry written once, by the reader holding the slot's
-  // turn, and read afterwards only by holders of later turns (ordered through mutex_).
-  std::vector<std::shared_ptr<Buffer>> slots_;  // destroyed last (members in reverse order)
+  // Filled lazily by slot() / hold(), by the reader holding the slot's turn, and used
+  // afterwards only by holders of later turns (ordered through mutex_). Destroyed last
+  // (members go in reverse order), after drain().
+  std::vector<std::shared_ptr<Buffer>> slots_;
+  std::vector<std::shared_ptr<Buffer>> held_;
   std::vector<std::unique_ptr<CudaStream>> streams_;
   std::vector<std::unique_ptr<CudaEvent>> events_;
   std::mutex mutex_;
@@ -180,8 +246,15 @@ StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read, std::
 }
 
 StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_read) {
-  return plan_staging(budget, largest_read, env_count("WARPLOAD_STAGING_SLOT_BYTES"),
-                      static_cast<std::size_t>(env_count("WARPLOAD_STAGING_READERS")));
+  StagingPlan plan = plan_staging(budget, largest_read, env_count("WARPLOAD_STAGING_SLOT_BYTES"),
+                                  static_cast<std::size_t>(env_count("WARPLOAD_STAGING_READERS")));
+  const char* memory = std::getenv("WARPLOAD_STAGING_MEMORY");
+  if (memory != nullptr && std::strncmp(memory, "mapped", 6) == 0) {
+    plan.map_every = 1;
+    if (memory[6] == ':')
+      plan.map_every = std::max<std::size_t>(std::strtoul(memory + 7, nullptr, 10), 1);
+  }
+  return plan;
 }
 
 void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device device,
@@ -214,14 +287,33 @@ void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device
         if (control != nullptr && control->cancel.load()) {
           throw CancelledError(piece.file->file->path().string() + ": load cancelled");
         }
-        const ReadRequest request{piece.file->file, piece.offset, piece.length, ring.slot(p)};
-        storage.read(std::span(&request, 1), control);
+        const StorageFile& file = *piece.file->file;
+        const std::byte* in_slot = nullptr;  // file byte piece.offset, where it now is
+        if (plan.map_every != 0 && p % plan.map_every == 0 && file.fd() >= 0 && !file.direct()) {
+          std::shared_ptr<Buffer> mapped;
+          try {
+            mapped = map_range(file, piece.offset,
+                               std::min(piece.length, file.size() - piece.offset), device.index);
+          } catch (const IoError&) {
+            throw;
+          } catch (const Error& e) {  // the registration: name the file, range and device
+            rethrow_for(e, piece, device);
+          }
+          in_slot = mapped->data();
+          ring.hold(p, std::move(mapped));
+          if (control != nullptr) control->bytes_done += piece.length;
+        } else {
+          std::byte* slot = ring.slot(p);
+          const ReadRequest request{piece.file->file, piece.offset, piece.length, slot};
+          storage.read(std::span(&request, 1), control);
+          in_slot = slot;
+        }
         // The data-section bytes of this piece, and where they go.
         const StagedFile& f = *piece.file;
         const std::uint64_t first = std::max(piece.offset, f.data_begin);
         const std::uint64_t last = std::min(piece.offset + piece.length, f.data_end);
         try {
-          ring.copy_out(p, first - piece.offset, last > first ? last - first : 0,
+          ring.copy_out(p, in_slot + (first - piece.offset), last > first ? last - first : 0,
                         f.dest + (first - f.data_begin));
         } catch (const Error& e) {
           rethrow_for(e, piece, device);

@@ -55,6 +55,13 @@ struct StagingPlan {
   std::size_t slots = 0;         // >= 2
   std::uint64_t slot_bytes = 0;  // multiple of 64 KiB (so of every file's alignment)
   std::size_t readers = 2;       // reader threads, 1 .. slots
+  // Experiment (WARPLOAD_STAGING_MEMORY=mapped or mapped:K): every K-th piece (K = 1: all)
+  // of a buffered file with a descriptor is not read into a slot but mapped from the page cache
+  // and page-locked in place (cuMemHostRegister READ_ONLY) by its reader, the copy engine
+  // reading the mapping, while the other pieces take the CPU-copy path: the two use different
+  // resources (the CPU copy, the driver's page pinning), so a mix may pass either alone. 0:
+  // never.
+  std::size_t map_every = 0;
 };
 
 // Slots for a staging budget (a cap on bytes of pinned memory; at least 2 x 64 KiB is used
@@ -71,7 +78,8 @@ struct StagingPlan {
 
 // plan_staging() with the developer overrides $WARPLOAD_STAGING_SLOT_BYTES and
 // $WARPLOAD_STAGING_READERS (plain integers; for measuring the pipeline's shape,
-// tests/gpu/staging_sweep.sh), read at each call.
+// tests/gpu/staging_sweep.sh) and $WARPLOAD_STAGING_MEMORY=mapped[:K] (map_every), read at
+// each call.
 [[nodiscard]] StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_read);
 
 // Runs the pipeline for `files` onto `device` (see the top of this file), its slots taken from

@@ -159,6 +159,7 @@ RingMemory ring_slot_allocator(Device device, const StagingMemory& memory) {
             "pool: " + memory.key};
   }
   const char* choice = std::getenv("WARPLOAD_STAGING_MEMORY");
+  // ("mapped[:K]" is the pipeline's page-cache experiment: its other pieces use pinned slots.)
   if (choice != nullptr && std::strcmp(choice, "registered") == 0) {
     return {make_registered_allocator(device, make_host_allocator()), "registered"};
   }

@@ -316,10 +316,11 @@ void copy_on_device(std::byte* dst, const std::byte* src, std::size_t bytes, int
       "cuda:" + std::to_string(device) + ": cuMemcpyDtoD of " + std::to_string(bytes) + " bytes");
 }
 
-CudaHostRegistration::CudaHostRegistration(int device, void* data, std::size_t bytes)
+CudaHostRegistration::CudaHostRegistration(int device, void* data, std::size_t bytes,
+                                           unsigned flags)
     : device_(device), data_(data) {
   const CudaContextScope scope(device);
-  cuda_check(cuda_api().mem_host_register(data, bytes, WARPLOAD_CU_MEMHOSTREGISTER_PORTABLE),
+  cuda_check(cuda_api().mem_host_register(data, bytes, flags),
              "cuda:" + std::to_string(device) + ": cuMemHostRegister of " + std::to_string(bytes) +
                  " bytes");
 }

@@ -170,11 +170,13 @@ void copy_to_host(void* dst, const std::byte* src, std::size_t bytes, int device
 // ranges must not overlap). Same ordering caveat as copy_to_host().
 void copy_on_device(std::byte* dst, const std::byte* src, std::size_t bytes, int device);
 
-// Page-locks an existing host range for `device`'s copies (cuMemHostRegister, PORTABLE) for
-// the object's lifetime; unregistered on destruction (noexcept).
+// Page-locks an existing host range for `device`'s copies (cuMemHostRegister with `flags`,
+// PORTABLE by default; READ_ONLY for memory mapped without write access) for the object's
+// lifetime; unregistered on destruction (noexcept).
 class CudaHostRegistration {
  public:
-  CudaHostRegistration(int device, void* data, std::size_t bytes);
+  CudaHostRegistration(int device, void* data, std::size_t bytes,
+                       unsigned flags = WARPLOAD_CU_MEMHOSTREGISTER_PORTABLE);
   ~CudaHostRegistration();
   CudaHostRegistration(const CudaHostRegistration&) = delete;
   CudaHostRegistration& operator=(const CudaHostRegistration&) = delete;

@@ -25,6 +25,7 @@
 #include "text_table.hpp"
 #include "units.hpp"
 #include "warpload/config.hpp"
+#include "warpload/device.hpp"
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
 
@@ -248,6 +249,7 @@ class Tuner {
         lo.backend = c.backend;
         lo.storage = c.storage;
         lo.use_config = false;  // measure exactly these settings
+        lo.device = options_.device;
         Loader loader(std::move(lo));
         loader.add(options_.paths);
         const LoadStats stats = loader.load();
@@ -311,6 +313,10 @@ std::string utc_now() {
 
 void run_tune(const TuneOptions& options) {
   const auto started = std::chrono::steady_clock::now();
+  // A device that cannot be used fails the command now, not every candidate.
+  if (const Device device = Device::parse(options.device); device.is_cuda()) {
+    static_cast<void>(cuda_memory_info(device));
+  }
   // Coarse candidates: backends (and O_DIRECT where it applies) at their defaults.
   std::vector<Candidate> coarse;
   const auto add_coarse = [&](const BackendInfo& info) {

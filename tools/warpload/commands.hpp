@@ -84,6 +84,7 @@ struct TuneOptions {
   std::filesystem::path config;  // where to write; empty = WARPLOAD_CONFIG or default location
   unsigned runs = 1;             // runs per candidate; the best counts
   bool quick = false;            // fewer values per parameter
+  std::string device = "cpu";    // "cuda:N": candidates timed as device loads (staged ring)
 };
 void run_tune(const TuneOptions& options);
 

@@ -240,6 +240,10 @@ int run(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1U, 100U));
   tune_cmd->add_flag("--quick", tune.quick, "fewer values per parameter");
+  tune_cmd->add_option("--device", tune.device,
+                       "cpu or cuda:N: time every candidate as a load into that device (for 3fs "
+                       "this compares the registered iov ring, target iov, with pinned slots "
+                       "filled through staging iovs, target staging)");
 
   std::string gen_dir;
   cli::GenOptions gen;
