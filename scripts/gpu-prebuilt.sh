@@ -22,7 +22,7 @@ BUILD=${WARPLOAD_GPU_PREBUILT_BUILD:-build-gpu-prebuilt}
 args=(-DCMAKE_BUILD_TYPE=Release -DWARPLOAD_BUILD_EXAMPLES=OFF -DWARPLOAD_BUILD_BENCHMARKS=OFF)
 [[ -n "$PYTHON" ]] && args+=(-DWARPLOAD_PYTHON="$PYTHON")
 cmake -S . -B "$BUILD" -G Ninja "${args[@]}" >/dev/null
-targets=(gpu_pipeline_test gds_test distributed_test warpload_cli)
+targets=(gpu_pipeline_test gds_test distributed_test warpload_cli hf3fs_api_shared)
 ninja -C "$BUILD" -t targets all | grep -q '^warpload_python:' && targets+=(warpload_python)
 ninja -C "$BUILD" "${targets[@]}"
 
@@ -30,6 +30,9 @@ rm -rf "$DIR"
 mkdir -p "$DIR/tests" "$DIR/lib"
 cp "$BUILD/warpload" "$DIR/"
 cp "$BUILD"/tests/{gpu_pipeline_test,gds_test,distributed_test} "$DIR/tests/"
+# The USRBIO emulator: run.sh loads 3fs into the device through it.
+mkdir -p "$DIR/usrbio-emu"
+cp "$BUILD/usrbio-emu/libhf3fs_api_shared.so" "$DIR/usrbio-emu/"
 # The build dependencies' shared libraries (not glibc, libstdc++ or the loader).
 ldd "$BUILD/warpload" "$BUILD"/tests/*_test |
   awk '/=> \// {print $3}' | sort -u |

@@ -23,6 +23,11 @@
 #        measured by warpload itself, and every row against it
 #      safetensors.torch.load_file(device="cuda:0") + torch.cuda.synchronize() (best of 3),
 #      a pinned host-to-device copy with torch (non_blocking + synchronize): the PCIe ceiling;
+#      posix with each ring memory (WARPLOAD_STAGING_MEMORY: pinned, registered, mapped,
+#        mapped:2, mapped:4; best of 3 each) and a parallel pread of the page cache into host
+#        memory (the CPU-copy ceiling, best of 3);
+#      warpload load --device cuda:0 --backend 3fs through the USRBIO emulator (the pooled,
+#        registered iov ring; best of 3);
 #    with each warpload load's host RSS growth (against the staging ring) and device memory
 #    used (against the tensor bytes);
 # 4. prints a markdown table LAST.
@@ -70,7 +75,8 @@ else
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWARPLOAD_BUILD_EXAMPLES=OFF \
     -DWARPLOAD_BUILD_BENCHMARKS=OFF "${python_args[@]}" \
     >"$OUT_DIR/cmake.log" 2>&1 || { tail -30 "$OUT_DIR/cmake.log"; exit 1; }
-  targets=(gpu_pipeline_test gds_test distributed_test warpload_cli fake_cuda fake_cufile)
+  targets=(gpu_pipeline_test gds_test distributed_test warpload_cli fake_cuda fake_cufile
+    hf3fs_api_shared)
   grep -q '^warpload_python:' <(ninja -C "$BUILD" -t targets all 2>/dev/null) &&
     targets+=(warpload_python)
   timeout "${WARPLOAD_GPU_BUILD_TIMEOUT:-300}" ninja -C "$BUILD" -j"$JOBS" "${targets[@]}" \
@@ -221,6 +227,32 @@ if [[ "$DRY" != 1 ]]; then
   cat "$OUT_DIR/staging-sweep.md" >&2
 fi
 
+# The ring's memory and the page-cache experiment (WARPLOAD_STAGING_MEMORY, docs/performance.md),
+# all posix from the page cache: pinned = cuMemHostAlloc slots (default), registered = huge
+# pages under cuMemHostRegister, mapped[:K] = every K-th piece DMA'd straight from the page cache.
+RING_MEMORY=()
+for mem in pinned registered mapped mapped:2 mapped:4; do
+  log "ring memory $mem: warpload load --device cuda:0 --backend posix (best of 3)"
+  read -r v _ < <(WARPLOAD_STAGING_MEMORY=$mem best_of posix "posix-$(tr : - <<<"$mem")")
+  RING_MEMORY+=("$mem=$v")
+done
+# The CPU-copy ceiling: a parallel pread of the page cache into fresh host memory (posix host
+# load, one thread per core), best of 3.
+log "parallel pread ceiling: warpload load --backend posix --threads $JOBS (host, best of 3)"
+PREAD_CEILING=0
+for run in 1 2 3; do
+  v=$(timeout 120 "$BUILD/warpload" load "$CKPT" --backend posix --threads "$JOBS" --json \
+        2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["gbps"])' ||
+      echo 0)
+  PREAD_CEILING=$(python3 -c "print(max($PREAD_CEILING, $v))")
+done
+# 3fs into the device: the USRBIO emulator serves the page cache (its workers pread), the ring
+# is the pooled, registered iov ring: no CPU copy of tensor bytes in warpload.
+mkdir -p "$CKPT/3fs-virt"
+EMULATOR=$PWD/$BUILD/usrbio-emu/libhf3fs_api_shared.so
+log "warpload load --device cuda:0 --backend 3fs through the USRBIO emulator (best of 3)"
+read -r THREEFS_BEST THREEFS_RAN < <(WARPLOAD_HF3FS_LIB=$EMULATOR best_of 3fs 3fs-iov-ring)
+
 log "warpload bench --device cuda:0 (auto, posix, gds; 1 run)"
 timeout 200 "$BUILD/warpload" bench "$CKPT" --device cuda:0 --runs 1 --backends auto,posix,gds \
   --json >"$OUT_DIR/bench-device.json" 2>"$OUT_DIR/bench-device.log" || true
@@ -298,11 +330,12 @@ fi
 
 python3 - "$AUTO_BEST" "$AUTO_RAN" "$GDS_BEST" "$GDS_RAN" "$OUT_DIR/torch.json" \
   "$OUT_DIR/bench-device.json" "$CKPT" "$TESTS_OK" "$DRY" "$GDS_MODE" "$OUT_DIR" \
-  "$GDS_COMPAT_BEST" "$GDS_COMPAT_RAN" <<'PY' | tee "$OUT_DIR/summary.md"
+  "$GDS_COMPAT_BEST" "$GDS_COMPAT_RAN" "$PREAD_CEILING" "$THREEFS_BEST" "${RING_MEMORY[*]}" \
+  <<'PY' | tee "$OUT_DIR/summary.md"
 import glob, json, os, sys
 
 (auto, auto_ran, gds, gds_ran, torch_path, bench_path, ckpt, tests_ok, dry, gds_note, out_dir,
- compat, compat_ran) = sys.argv[1:14]
+ compat, compat_ran, pread_ceiling, threefs, ring_memory) = sys.argv[1:17]
 t = json.load(open(torch_path))
 try:
     bench = json.load(open(bench_path))
@@ -338,6 +371,24 @@ print("|---|---:|---:|---:|---:|")
 for name, v in rows:
     print(f"| {name} | {cell(v)} | {cell(ratio(v, pin))} | {cell(ratio(v, h2d))} "
           f"| {cell(ratio(v, st))} |")
+
+# Issue 13's targets: posix >= 0.95 of min(pinned H2D, pread ceiling); 3fs (emulator) >= 0.9
+# of posix; which ring memory wins.
+mem = dict(item.split("=", 1) for item in ring_memory.split())
+posix = num(mem.get("pinned"))
+ceiling_parts = [x for x in (pin, h2d) if x] + ([float(pread_ceiling)] if num(pread_ceiling) else [])
+ceiling = min(ceiling_parts) if ceiling_parts else None
+print("\n| device pipeline (posix unless named, page cache) | GB/s | ratio | target |")
+print("|---|---:|---:|---:|")
+print(f"| parallel pread ceiling (host, one thread per core) | {cell(num(pread_ceiling))} | | |")
+print(f"| posix, pinned slots vs min(pinned H2D, pread ceiling) | {cell(posix)} "
+      f"| {cell(ratio(posix, ceiling))} | 0.95 |")
+for name in ("registered", "mapped", "mapped:2", "mapped:4"):
+    v = num(mem.get(name))
+    print(f"| ring memory {name} vs pinned | {cell(v)} | {cell(ratio(v, posix))} | > 1 to adopt |")
+print(f"| 3fs (USRBIO emulator, registered iov ring) vs posix | {cell(num(threefs))} "
+      f"| {cell(ratio(num(threefs), posix))} | 0.9 |")
+print(f"| 3fs into the device, absolute | {cell(num(threefs))} | | 48.5 (InstantTensor, H200) |")
 
 # Memory of each timed warpload load (CLI JSON): host RSS growth during the load against the
 # staging ring (target <= ring + 5%), device memory used against the tensor bytes (<= +1%),
