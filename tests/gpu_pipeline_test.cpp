@@ -52,6 +52,7 @@ struct FakeDriver {
   fake_cuda_pageable_async_copies_fn pageable_async_copies = nullptr;
   fake_cuda_reset_fn reset = nullptr;
   fake_cuda_registration_calls_fn registration_calls = nullptr;
+  fake_cuda_live_registrations_fn live_registrations = nullptr;
 
   static const FakeDriver& get() {
     static const FakeDriver driver = [] {
@@ -72,13 +73,15 @@ struct FakeDriver {
       sym(d.pageable_async_copies, "fake_cuda_pageable_async_copies");
       sym(d.reset, "fake_cuda_reset");
       sym(d.registration_calls, "fake_cuda_registration_calls");
+      sym(d.live_registrations, "fake_cuda_live_registrations");
       return d;
     }();
     return driver;
   }
   [[nodiscard]] bool usable() const noexcept {
     return live_allocations && live_pinned_allocations && live_pinned_bytes && live_streams &&
-           live_events && async_copies && pageable_async_copies && reset && registration_calls;
+           live_events && async_copies && pageable_async_copies && reset && registration_calls &&
+           live_registrations;
   }
 };
 
@@ -103,17 +106,18 @@ class FakeSwitch {
 
 // Everything the fake counts as live; equal before and after a load that failed.
 struct LiveObjects {
-  long long device, pinned, streams, events;
+  long long device, pinned, registered, streams, events;
   static LiveObjects now() {
     const FakeDriver& d = FakeDriver::get();
-    return {d.live_allocations(), d.live_pinned_allocations(), d.live_streams(), d.live_events()};
+    return {d.live_allocations(), d.live_pinned_allocations(), d.live_registrations(),
+            d.live_streams(), d.live_events()};
   }
   bool operator==(const LiveObjects&) const = default;
 };
 
 void PrintTo(const LiveObjects& l, std::ostream* os) {
-  *os << "{device " << l.device << ", pinned " << l.pinned << ", streams " << l.streams
-      << ", events " << l.events << "}";
+  *os << "{device " << l.device << ", pinned " << l.pinned << ", registered " << l.registered
+      << ", streams " << l.streams << ", events " << l.events << "}";
 }
 
 using testing::TensorSpec;
@@ -246,7 +250,7 @@ TEST_F(GpuPipelineTest, RegisteredAndMappedRingsAreByteExact) {
   const Expected expected = write_checkpoint(dir);
   std::optional<FakeSwitch> delay;
   if (!real_gpu()) delay.emplace("FAKE_CUDA_COPY_DELAY_US", "2000");
-  for (const char* memory : {"registered", "mapped", "mapped:2"}) {
+  for (const char* memory : {"pinned", "registered", "mapped", "mapped:2"}) {
     setenv("WARPLOAD_STAGING_MEMORY", memory, 1);
     for (const bool direct : {false, true}) {
       SCOPED_TRACE(std::string(memory) + (direct ? " --direct" : ""));
@@ -264,11 +268,12 @@ TEST_F(GpuPipelineTest, RegisteredAndMappedRingsAreByteExact) {
       expect_on_device(loader, expected, "cuda:0");
       if (real_gpu()) continue;
       // registered: each of the 2 slots once; mapped: each 64 KiB piece of a buffered file
-      // (several per file), none for O_DIRECT files (read into the 2 pinned slots).
+      // (several per file), none for O_DIRECT files (read into the 2 registered slots: 2).
       const long long made = FakeDriver::get().registration_calls() - registrations;
       if (std::string(memory) == "registered") EXPECT_EQ(made, 2);
+      if (std::string(memory) == "pinned") EXPECT_EQ(made, 0);
       if (std::string(memory).starts_with("mapped") && !direct) EXPECT_GT(made, 2);
-      if (std::string(memory).starts_with("mapped") && direct) EXPECT_EQ(made, 0);
+      if (std::string(memory).starts_with("mapped") && direct) EXPECT_EQ(made, 2);
     }
   }
   unsetenv("WARPLOAD_STAGING_MEMORY");

@@ -312,27 +312,32 @@ TEST_F(IovRing, ReadErrorNamesFileAndOffsetAndThePoolServesTheNextLoad) {
   expect_pools_released();
 }
 
-// Target "staging", chosen explicitly, keeps ordinary pinned slots and the staging copy (what
-// tune compares the iov ring against); nothing is pooled.
-TEST_F(IovRing, TargetStagingUsesPinnedSlotsPerLoad) {
+// Target "staging", chosen explicitly, keeps per-load slots (registered huge pages) filled
+// through the staging iov, one CPU copy (what tune compares the iov ring against); nothing is
+// pooled and nothing stays registered.
+TEST_F(IovRing, TargetStagingUsesPerLoadSlotsThroughTheStagingIov) {
   LoadOptions o = options();
   o.storage.usrbio.target = UsrbioTarget::kStaging;
   const LoadStats stats = load_and_check(o);
-  EXPECT_EQ(stats.staging_memory, "pinned");
+  EXPECT_EQ(stats.staging_memory, "registered");
   EXPECT_EQ(staging_pool_bytes(), 0u);
-  EXPECT_EQ(Hooks::get().registered_copies(), 0);
   EXPECT_GT(g_reads_outside.load(), 0);  // the daemon wrote the staging iov, not the slots
+  EXPECT_EQ(Hooks::get().live_registrations(), registrations_before_);
 }
 
-// Other backends keep per-load slots: pinned by default, registered huge pages on request.
-TEST_F(IovRing, OtherBackendsUsePinnedOrRegisteredSlotsPerLoad) {
+// Other backends keep per-load slots: registered huge pages by default, cuMemHostAlloc on
+// request; neither is pooled or left registered.
+TEST_F(IovRing, OtherBackendsUseRegisteredOrPinnedSlotsPerLoad) {
   LoadOptions o = options();
   o.backend = "posix";
-  EXPECT_EQ(load_and_check(o).staging_memory, "pinned");
-  setenv("WARPLOAD_STAGING_MEMORY", "registered", 1);
   EXPECT_EQ(load_and_check(o).staging_memory, "registered");
-  unsetenv("WARPLOAD_STAGING_MEMORY");
   EXPECT_GT(Hooks::get().registered_copies(), 0);
+  Hooks::get().reset();
+  setenv("WARPLOAD_STAGING_MEMORY", "pinned", 1);
+  EXPECT_EQ(load_and_check(o).staging_memory, "pinned");
+  unsetenv("WARPLOAD_STAGING_MEMORY");
+  EXPECT_EQ(Hooks::get().registered_copies(), 0);
+  EXPECT_EQ(Hooks::get().pageable_copies(), 0);
   EXPECT_EQ(Hooks::get().live_registrations(), registrations_before_);  // freed with the load
   EXPECT_EQ(staging_pool_bytes(), 0u);
 }

@@ -159,11 +159,11 @@ RingMemory ring_slot_allocator(Device device, const StagingMemory& memory) {
             "pool: " + memory.key};
   }
   const char* choice = std::getenv("WARPLOAD_STAGING_MEMORY");
-  // ("mapped[:K]" is the pipeline's page-cache experiment: its other pieces use pinned slots.)
-  if (choice != nullptr && std::strcmp(choice, "registered") == 0) {
-    return {make_registered_allocator(device, make_host_allocator()), "registered"};
+  if (choice != nullptr && std::strcmp(choice, "pinned") == 0) {
+    return {make_pinned_allocator(device), "pinned"};
   }
-  return {make_pinned_allocator(device), "pinned"};
+  // The default (and "mapped[:K]", the pipeline's page-cache experiment, for its other pieces).
+  return {make_registered_allocator(device, make_host_allocator()), "registered"};
 }
 
 }  // namespace warpload::detail

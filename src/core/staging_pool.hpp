@@ -4,9 +4,10 @@
 // per (device, StagingMemory::key): slots are made from its allocator, page-locked once with
 // make_registered_allocator(), and go back to the pool, still registered, when the ring drops
 // them, so later loads neither create nor register memory. Every other backend gets page-locked
-// memory for the one load: cuMemHostAlloc (make_pinned_allocator, the default) or, with
-// $WARPLOAD_STAGING_MEMORY=registered, anonymous huge-page memory registered with
-// cuMemHostRegister (read at each call; docs/performance.md compares them).
+// memory for the one load: anonymous huge-page memory, touched, then registered with
+// cuMemHostRegister (the default: half the page-locking time of cuMemHostAlloc on the H200
+// machine), or with $WARPLOAD_STAGING_MEMORY=pinned cuMemHostAlloc (make_pinned_allocator;
+// read at each call; docs/performance.md compares them).
 //
 // Pools are emptied by release_staging_pools() (warpload/device.hpp) and at exit.
 // Thread safety: everything here may be used from any thread; several loads may share a pool

@@ -189,8 +189,14 @@ class RegisteredAllocator final : public Allocator {
   [[nodiscard]] MemoryKind kind() const noexcept override { return MemoryKind::kPinnedHost; }
 
   [[nodiscard]] std::shared_ptr<Buffer> allocate(std::size_t size, std::size_t alignment) override {
-    return std::make_shared<RegisteredBuffer>(context_,
-                                              source_->allocate(size == 0 ? 1 : size, alignment));
+    std::shared_ptr<Buffer> source = source_->allocate(size == 0 ? 1 : size, alignment);
+    // Fault every page in first (rewriting a byte per page keeps whatever is there): on the
+    // H200 machine touching huge pages and then registering took half as long as
+    // cuMemHostAlloc (docs/performance.md).
+    const std::size_t page = page_size();
+    volatile std::byte* bytes = source->data();
+    for (std::size_t at = 0; at < source->size(); at += page) bytes[at] = bytes[at];
+    return std::make_shared<RegisteredBuffer>(context_, std::move(source));
   }
 
  private:

@@ -233,7 +233,7 @@ fi
 RING_MEMORY=()
 for mem in pinned registered mapped mapped:2 mapped:4; do
   log "ring memory $mem: warpload load --device cuda:0 --backend posix (best of 3)"
-  read -r v _ < <(WARPLOAD_STAGING_MEMORY=$mem best_of posix "posix-$(tr : - <<<"$mem")")
+  read -r v _ < <(WARPLOAD_STAGING_MEMORY=$mem best_of posix "ring-$(tr : x <<<"$mem")")
   RING_MEMORY+=("$mem=$v")
 done
 # The CPU-copy ceiling: a parallel pread of the page cache into fresh host memory (posix host
