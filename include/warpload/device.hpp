@@ -45,7 +45,8 @@ struct Device {
 
 // Host memory from `source` (a host allocator: anonymous huge pages, 3FS iovs, ...) page-locked
 // for `device` with cuMemHostRegister when each buffer is made, and unregistered before the
-// source's buffer is freed (MemoryKind::kPinnedHost; `data()` is the source buffer's). Same
+// source's buffer is freed (MemoryKind::kPinnedHost; `data()` is the source buffer's; the
+// pages are faulted in before registration, so a new buffer's contents are unspecified). Same
 // errors as make_cuda_allocator(); a refused registration is an Error naming the device and
 // the byte count. Thread safety: allocate() from any thread.
 [[nodiscard]] std::shared_ptr<Allocator> make_registered_allocator(

@@ -196,14 +196,14 @@ class RegisteredAllocator final : public Allocator {
     std::shared_ptr<Buffer> source = source_->allocate(size == 0 ? 1 : size, alignment);
     // Fault every page in first: on the H200 machine touching huge pages and then registering
     // took half as long as cuMemHostAlloc (docs/performance.md). MADV_POPULATE_WRITE (Linux
-    // 5.14) faults the range in one call; older kernels get a write per page (rewriting the
-    // byte that is there).
+    // 5.14) faults the range in one call; older kernels get a write per page (the buffer is
+    // fresh: its contents are unspecified).
     const std::size_t page = page_size();
     const auto begin = reinterpret_cast<std::uintptr_t>(source->data()) / page * page;
     const auto end = reinterpret_cast<std::uintptr_t>(source->data()) + source->size();
     if (::madvise(reinterpret_cast<void*>(begin), end - begin, kPopulateWrite) != 0) {
       volatile std::byte* bytes = source->data();
-      for (std::size_t at = 0; at < source->size(); at += page) bytes[at] = bytes[at];
+      for (std::size_t at = 0; at < source->size(); at += page) bytes[at] = std::byte{0};
     }
     return std::make_shared<RegisteredBuffer>(context_, std::move(source));
   }

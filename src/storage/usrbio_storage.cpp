@@ -179,12 +179,16 @@ class RingCache {
     return ring;
   }
   void give_back(const std::string& mount, std::unique_ptr<RingResources> ring) noexcept {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::unique_ptr<RingResources>>* rings = nullptr;
     try {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      idle_[mount].push_back(std::move(ring));
-    } catch (...) {
-      if (ring) destroy(api_, *ring);
+      rings = &idle_[mount];
+      rings->reserve(rings->size() + 1);
+    } catch (...) {  // no memory to keep it: it goes now
+      destroy(api_, *ring);
+      return;
     }
+    rings->push_back(std::move(ring));  // cannot throw: reserved
   }
 
  private:
