@@ -374,7 +374,7 @@ struct Child {
 };
 
 Child spawn_cli(const std::vector<std::string>& args, const std::vector<std::string>& env,
-                const fs::path& err) {
+                const fs::path& err, const fs::path& out = "/dev/null") {
   std::vector<std::string> all{WARPLOAD_CLI_PATH};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -388,7 +388,8 @@ Child spawn_cli(const std::vector<std::string>& args, const std::vector<std::str
   envp.push_back(nullptr);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(),
                                    O_WRONLY | O_CREAT | O_TRUNC, 0644);
   Child child{-1, err};
@@ -483,6 +484,29 @@ TEST_F(IovRingProcess, CtrlCReleasesThePool) {
   EXPECT_EQ(status, 130) << slurp(scratch_ / "stderr");
   EXPECT_NE(slurp(scratch_ / "stderr").find("interrupted"), std::string::npos);
   expect_clean_exit(segments);
+}
+
+// `tune --device` times candidates as device loads: for 3fs both targets, the registered iov
+// ring and pinned slots through the staging iov, and writes the winner.
+TEST_F(IovRingProcess, TuneComparesTheIovRingWithStagingOnTheDevice) {
+  const fs::path config = scratch_ / "config.json";
+  const Child child = spawn_cli(
+      {"tune", mount_.path().string(), "--backend", "3fs", "--device", "cuda:0", "--quick",
+       "--config", config.string()},
+      {"WARPLOAD_CUDA_LIB=" WARPLOAD_FAKE_CUDA, "WARPLOAD_HF3FS_LIB=" WARPLOAD_USRBIO_EMULATOR},
+      scratch_ / "stderr", scratch_ / "stdout");
+  ASSERT_GT(child.pid, 0);
+  EXPECT_EQ(wait_status(child.pid), 0) << slurp(scratch_ / "stderr");
+  const std::string table = slurp(scratch_ / "stdout");
+  EXPECT_NE(table.find("target=iov"), std::string::npos) << table;
+  EXPECT_NE(table.find("target=staging"), std::string::npos) << table;
+  EXPECT_NE(slurp(config).find("\"backend\":\"3fs\""), std::string::npos) << slurp(config);
+  // A device that cannot be used fails the command once, before any candidate.
+  const Child bad = spawn_cli({"tune", mount_.path().string(), "--device", "cuda:9", "--quick",
+                               "--config", (scratch_ / "bad.json").string()},
+                              {"WARPLOAD_CUDA_LIB=" WARPLOAD_FAKE_CUDA}, scratch_ / "stderr");
+  EXPECT_EQ(wait_status(bad.pid), 6) << slurp(scratch_ / "stderr");
+  EXPECT_FALSE(fs::exists(scratch_ / "bad.json"));
 }
 
 }  // namespace
