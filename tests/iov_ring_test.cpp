@@ -31,6 +31,7 @@
 #include "storage/hf3fs_shim.hpp"
 #include "support/process_counters.hpp"
 #include "support/random_checkpoint.hpp"
+#include "support/sanitizers.hpp"
 #include "support/temp_dir.hpp"
 #include "support/thread_collective.hpp"
 #include "warpload/warpload.hpp"
@@ -484,6 +485,45 @@ TEST_F(IovRingProcess, CtrlCReleasesThePool) {
   EXPECT_EQ(status, 130) << slurp(scratch_ / "stderr");
   EXPECT_NE(slurp(scratch_ / "stderr").find("interrupted"), std::string::npos);
   expect_clean_exit(segments);
+}
+
+// Host memory of a 3fs device load is the ring, which is the pool: a 64 MiB checkpoint through
+// a 4 MiB budget grows the CLI's RSS by the device copy (the fake's device memory is host
+// memory) plus at most the budget and 5% of the checkpoint, never a second copy.
+TEST_F(IovRingProcess, HostMemoryIsThePoolNotTheCheckpoint) {
+#ifdef WARPLOAD_TEST_SANITIZED
+  GTEST_SKIP() << "RSS counts sanitizer shadow memory";
+#endif
+  TempDir dir;
+  fs::create_directory(dir / "3fs-virt");
+  constexpr std::uint64_t kTensor = std::uint64_t{8} << 20;
+  SafetensorsWriter writer;
+  for (int i = 0; i < 8; ++i) {
+    writer.add("w" + std::to_string(i), DType::kU8, {kTensor},
+               [i](std::byte* dest, std::size_t size, std::uint64_t offset) {
+                 for (std::size_t k = 0; k < size; ++k) {
+                   dest[k] = static_cast<std::byte>((offset + k) * 13 + i);
+                 }
+               });
+  }
+  writer.write(dir / "big.safetensors");
+  constexpr std::uint64_t kBudget = 4 << 20;
+  const Child child = spawn_cli(
+      {"load", dir.path().string(), "--backend", "3fs", "--device", "cuda:0", "--staging",
+       std::to_string(kBudget), "--json"},
+      {"WARPLOAD_CUDA_LIB=" WARPLOAD_FAKE_CUDA, "WARPLOAD_HF3FS_LIB=" WARPLOAD_USRBIO_EMULATOR},
+      scratch_ / "stderr", scratch_ / "stdout");
+  ASSERT_EQ(wait_status(child.pid), 0) << slurp(scratch_ / "stderr");
+  const std::string json = slurp(scratch_ / "stdout");
+  const auto number = [&json](const std::string& key) {
+    const auto at = json.find("\"" + key + "\":");
+    return at == std::string::npos ? std::uint64_t{0}
+                                   : std::stoull(json.substr(at + key.size() + 3));
+  };
+  EXPECT_NE(json.find("\"staging_memory\":\"pool: 3fs "), std::string::npos) << json;
+  const std::uint64_t checkpoint = number("bytes");
+  ASSERT_EQ(checkpoint, 8 * kTensor);
+  EXPECT_LE(number("host_rss_growth_bytes"), checkpoint + kBudget + checkpoint / 20) << json;
 }
 
 // `tune --device` times candidates as device loads: for 3fs both targets, the registered iov
