@@ -40,6 +40,16 @@ def _warpload_write(path):
                           for i in range(3)])
 
 
+# A child's 3fs load of MOUNT into cuda:0 through a ring of at most 1 MiB.
+_LOAD = """
+import os, warpload
+from warpload import _warpload
+loader = _warpload._Loader(backend="3fs", device="cuda:0", use_config=False, staging_bytes=1 << 20)
+loader.add(MOUNT)
+loader.load()
+"""
+
+
 def _child(code, cuda, emulator, **extra):
     env = dict(os.environ, WARPLOAD_CUDA_LIB=cuda, WARPLOAD_HF3FS_LIB=emulator,
                PYTHONPATH=os.pathsep.join(p for p in sys.path if p), **extra)
@@ -60,19 +70,14 @@ def test_nothing_pooled_without_device_loads():
 def test_pool_is_held_then_released_explicitly(tmp_path):
     cuda, emulator = _doubles()
     mount = _mount(tmp_path)
-    child = _child(f"""
-        import os, warpload
-        from warpload import _warpload
-        loader = _warpload._Loader(backend="3fs", device="cuda:0", use_config=False,
-                                   staging_bytes=1 << 20)
-        loader.add({str(mount)!r})
-        loader.load()
+    iovs = str(mount / "3fs-virt" / "iovs")
+    child = _child(f"MOUNT = {str(mount)!r}" + _LOAD + textwrap.dedent(f"""
         held = warpload.staging_pool_bytes()
-        links = len(os.listdir({str(mount / '3fs-virt' / 'iovs')!r}))
+        links = len(os.listdir({iovs!r}))
         del loader
         print(held, links, warpload.release_staging_pools(), warpload.staging_pool_bytes(),
-              len(os.listdir({str(mount / '3fs-virt' / 'iovs')!r})))
-    """, cuda, emulator)
+              len(os.listdir({iovs!r})))
+    """), cuda, emulator)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0, err
     held, links, freed, after, links_after = map(int, out.split())
@@ -84,13 +89,7 @@ def test_keyboard_interrupt_mid_load_leaves_no_iov(tmp_path):
     cuda, emulator = _doubles()
     mount = _mount(tmp_path)
     # One I/O stalls for 2 s: Ctrl-C lands while the pool's iovs exist.
-    child = _child(f"""
-        from warpload import _warpload
-        loader = _warpload._Loader(backend="3fs", device="cuda:0", use_config=False,
-                                   staging_bytes=1 << 20)
-        loader.add({str(mount)!r})
-        loader.load()
-    """, cuda, emulator, WARPLOAD_EMU_DELAY_OFFSET="2000000", WARPLOAD_EMU_DELAY_MS="2000")
+    child = _child(f"MOUNT = {str(mount)!r}" + _LOAD, cuda, emulator, WARPLOAD_EMU_DELAY_OFFSET="2000000", WARPLOAD_EMU_DELAY_MS="2000")
     seen = []
     deadline = time.monotonic() + 30
     while not seen and time.monotonic() < deadline and child.poll() is None:
