@@ -555,6 +555,7 @@ PYBIND11_MODULE(_warpload, m) {
           d["baseline"] = info.baseline;
           d["benchmarked"] = info.benchmarked;
           d["tuned"] = info.tuned;
+          d["reads_urls"] = info.reads_urls;
           out.append(std::move(d));
         }
         return out;
