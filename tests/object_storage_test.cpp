@@ -4,15 +4,18 @@
 // <build>/tests/object-store/state.json. Every load is compared byte for byte with the
 // independent reader over the local files the servers serve. URL parsing and the credential
 // chain are tested without a server.
+#include <fcntl.h>
 #include <gtest/gtest.h>
-
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <simdjson.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -28,6 +31,8 @@
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
 #include "warpload/storage.hpp"
+
+extern char** environ;
 
 namespace warpload {
 namespace {
@@ -106,11 +111,11 @@ const Servers& servers() {
 
 // Skips with the fixture's reason (only WARPLOAD_OBJECT_STORE_SKIP=1 produces one); a state
 // the fixture should have written and did not is a failure.
-#define REQUIRE_SERVERS()                                                 \
-  do {                                                                    \
-    const std::string& why = servers().skip;                              \
-    if (!why.empty() && why.front() == '!') FAIL() << why.substr(1);      \
-    if (!why.empty()) GTEST_SKIP() << why;                                \
+#define REQUIRE_SERVERS()                                            \
+  do {                                                               \
+    const std::string& why = servers().skip;                         \
+    if (!why.empty() && why.front() == '!') FAIL() << why.substr(1); \
+    if (!why.empty()) GTEST_SKIP() << why;                           \
   } while (0)
 
 // S3 settings for s3rver, for one test.
@@ -474,15 +479,15 @@ TEST(HttpFaultTest, PersistentFailuresGiveUpNamingUrlAndOffset) {
   auto good = storage->open(servers().faults + "/ok/single.safetensors");
   const ReadRequest ok{good.get(), 5'000'000, dest.size(), dest.data()};
   storage->read({&ok, 1}, nullptr);
-  const auto reference = testing::read_file_range(servers().data / "single.safetensors",
-                                                  5'000'000, dest.size());
+  const auto reference =
+      testing::read_file_range(servers().data / "single.safetensors", 5'000'000, dest.size());
   EXPECT_EQ(std::memcmp(dest.data(), reference.data(), dest.size()), 0);
 }
 
 TEST(HttpFaultTest, ObjectReplacedMidLoadIsRefusedAndNothingIsHandedOut) {
   REQUIRE_SERVERS();
   // After 2 requests (the header and one range) the object has a new ETag.
-  const std::string url = servers().faults + "/replace2/single.safetensors";
+  const std::string url = servers().faults + "/replace2-gtest/single.safetensors";
   Loader loader(http_options(1, 4 << 20));
   loader.add(url);
   const std::string m = thrown<IoError>([&] { loader.load(); });
@@ -624,6 +629,83 @@ TEST(S3LoadTest, CredentialsFromAProfileFile) {
   loader.load();
   expect_matches_local(loader, bucket, servers().data);
 }
+
+// ---- the CLI ----------------------------------------------------------------------------------
+#ifdef WARPLOAD_CLI_PATH  // builds without the CLI (WARPLOAD_BUILD_TOOLS=OFF) skip these
+
+struct CliResult {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+CliResult run_cli(const std::vector<std::string>& args) {
+  const TempDir io;
+  const fs::path out_path = io.path() / "stdout";
+  const fs::path err_path = io.path() / "stderr";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> storage = {WARPLOAD_CLI_PATH};
+  storage.insert(storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& arg : storage) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  CliResult result;
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, WARPLOAD_CLI_PATH, &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    ADD_FAILURE() << "posix_spawn failed: " << rc;
+    return result;
+  }
+  int wstatus = 0;
+  while (waitpid(pid, &wstatus, 0) < 0) {
+  }
+  result.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+  std::ifstream out(out_path);
+  std::ifstream err(err_path);
+  result.out.assign(std::istreambuf_iterator<char>(out), {});
+  result.err.assign(std::istreambuf_iterator<char>(err), {});
+  return result;
+}
+
+TEST(ObjectStoreCliTest, HashOfAUrlEqualsHashOfTheLocalFilesAndErrorsExitWithTheirKind) {
+  REQUIRE_SERVERS();
+  const S3Env env;
+  const std::string index = "/model/model.safetensors.index.json";
+  const CliResult local = run_cli({"hash", (servers().data / "model").string()});
+  ASSERT_EQ(local.status, 0) << local.err;
+  for (const std::string& url :
+       {servers().http + index, "s3://" + servers().bucket + "/model/"}) {
+    const CliResult remote = run_cli({"hash", url});
+    ASSERT_EQ(remote.status, 0) << remote.err;
+    EXPECT_EQ(remote.out, local.out) << url;
+  }
+  const CliResult verified = run_cli({"load", "--verify", servers().http + index});
+  EXPECT_EQ(verified.status, 0) << verified.err;
+  const CliResult inspect = run_cli({"inspect", "s3://" + servers().bucket + "/shards"});
+  EXPECT_EQ(inspect.status, 0) << inspect.err;
+  EXPECT_NE(inspect.out.find("p1.b"), std::string::npos) << inspect.out;
+
+  const std::string missing = servers().http + "/nothere.safetensors";
+  const CliResult not_found = run_cli({"load", missing});
+  EXPECT_EQ(not_found.status, 4) << not_found.err;
+  EXPECT_NE(not_found.err.find(missing), std::string::npos) << not_found.err;
+  const CliResult local_only =
+      run_cli({"load", "--backend", "posix", servers().http + "/single.safetensors"});
+  EXPECT_EQ(local_only.status, 6) << local_only.err;
+  const CliResult replaced =
+      run_cli({"load", servers().faults + "/replace2-cli/single.safetensors"});
+  EXPECT_EQ(replaced.status, 5) << replaced.err;
+  EXPECT_NE(replaced.err.find("replaced"), std::string::npos) << replaced.err;
+}
+
+#endif  // WARPLOAD_CLI_PATH
 
 }  // namespace
 }  // namespace warpload

@@ -98,9 +98,10 @@ AwsCredentials aws_credentials() {
     c.source = "profile '" + profile + "' in " + file.string();
     return c;
   }
-  throw UnsupportedError("S3 credentials: none found: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                         "are not set and profile '" + profile + "' has no keys in " +
-                         credentials_file.string() + " or " + config_file.string());
+  throw UnsupportedError(
+      "S3 credentials: none found: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+      "are not set and profile '" +
+      profile + "' has no keys in " + credentials_file.string() + " or " + config_file.string());
 }
 
 std::string aws_region() {

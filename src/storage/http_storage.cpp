@@ -4,10 +4,9 @@
 // plan read its header, which every range then requires.
 #include <cerrno>
 #include <exception>
+#include <stdexcept>
 #include <utility>
 #include <vector>
-
-#include <stdexcept>
 
 #include "storage/backends.hpp"
 #include "storage/object_client.hpp"
@@ -62,7 +61,8 @@ class HttpStorage final : public Storage {
   [[nodiscard]] std::unique_ptr<StorageFile> open(const std::filesystem::path& path) override {
     const std::string text = path.string();
     if (!is_object_url(text)) {
-      throw UnsupportedError(text + ": backend 'http' reads URLs only (s3://, http://, https://); "
+      throw UnsupportedError(text +
+                             ": backend 'http' reads URLs only (s3://, http://, https://); "
                              "use another backend for local files");
     }
     ObjectUrl url;
@@ -129,7 +129,8 @@ std::vector<std::filesystem::path> list_object_urls(const std::filesystem::path&
     throw NotFoundError(e.what());
   }
   if (!url.s3) {
-    throw UnsupportedError(url.text + ": plain HTTP cannot list a directory: name a "
+    throw UnsupportedError(url.text +
+                           ": plain HTTP cannot list a directory: name a "
                            ".safetensors file or a model.safetensors.index.json");
   }
   ObjectUrl prefix = url;
@@ -164,8 +165,10 @@ std::string backend_for_files(std::string_view backend, std::span<const PlannedF
     return std::string(backend);
   }
   if (local != nullptr) {
-    throw UnsupportedError(local->path.string() + ": one load reads either URLs or local files, "
-                           "not both (" + url->path.string() + " is a URL)");
+    throw UnsupportedError(local->path.string() +
+                           ": one load reads either URLs or local files, "
+                           "not both (" +
+                           url->path.string() + " is a URL)");
   }
   if (backend == default_backend_name()) return "http";
   if (info != nullptr && !info->reads_urls) {

@@ -3,9 +3,9 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
-#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -132,27 +132,27 @@ bool is_transient(CURLcode code) noexcept {
 struct Transfer {
   const ObjectUrl* url = nullptr;
   std::string request_url;
-  std::string etag;            // required when not empty
-  std::uint64_t offset = 0;    // object offset of the piece
-  std::uint64_t length = 0;    // bytes of the piece
-  std::byte* dest = nullptr;   // data mode: where byte `offset` lands; null in body mode
-  std::string* body = nullptr; // body mode: the whole response, at most max_body bytes
+  std::string etag;             // required when not empty
+  std::uint64_t offset = 0;     // object offset of the piece
+  std::uint64_t length = 0;     // bytes of the piece
+  std::byte* dest = nullptr;    // data mode: where byte `offset` lands; null in body mode
+  std::string* body = nullptr;  // body mode: the whole response, at most max_body bytes
   std::uint64_t max_body = 0;
   bool stop_when_full = false;  // a prefix fetch: a 200 carrying the whole object is fine
   ReadControl* control = nullptr;
 
-  std::uint64_t done = 0;     // bytes landed by finished attempts
-  unsigned attempts = 0;      // attempts that failed
+  std::uint64_t done = 0;  // bytes landed by finished attempts
+  unsigned attempts = 0;   // attempts that failed
   Clock::time_point ready_at{};
-  std::string last_problem;   // why the last attempt failed, for the final message
+  std::string last_problem;  // why the last attempt failed, for the final message
 
   // The current attempt.
   CURL* easy = nullptr;
   curl_slist* headers = nullptr;
-  std::uint64_t got = 0;        // bytes landed by this attempt
-  long status = 0;              // 0 until the first body byte
-  bool full = false;            // a prefix fetch got what it asked for and stopped
-  std::string fatal;            // the write callback refused the response: not retried
+  std::uint64_t got = 0;  // bytes landed by this attempt
+  long status = 0;        // 0 until the first body byte
+  bool full = false;      // a prefix fetch got what it asked for and stopped
+  std::string fatal;      // the write callback refused the response: not retried
   std::string seen_etag;
   std::string content_range;
   std::string bucket_region;
@@ -221,8 +221,8 @@ std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user)
     }
   }
   if (t->status < 200 || t->status >= 300) {
-    const std::size_t keep = std::min(n, kMaxErrorBody - std::min(kMaxErrorBody,
-                                                                  t->error_body.size()));
+    const std::size_t keep =
+        std::min(n, kMaxErrorBody - std::min(kMaxErrorBody, t->error_body.size()));
     t->error_body.append(data, keep);
     return n;
   }
@@ -237,8 +237,7 @@ std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user)
   const std::uint64_t room = t->missing();
   if (n > room) {
     if (!t->stop_when_full) {
-      t->fatal = "the server sent more bytes than the " + std::to_string(t->length) +
-                 " asked for";
+      t->fatal = "the server sent more bytes than the " + std::to_string(t->length) + " asked for";
       return 0;
     }
     std::memcpy(t->dest + t->done + t->got, data, room);
@@ -354,8 +353,8 @@ std::string http_failure(const Transfer& t, const RequestContext& c) {
   std::string region = t.bucket_region;
   if (region.empty()) region = xml_element(t.error_body, "Region");
   if (c.s3 && !region.empty() && region != t.url->region) {
-    what += " (the bucket is in region " + region + ", requests were signed for " +
-            t.url->region + ": set AWS_REGION=" + region + ")";
+    what += " (the bucket is in region " + region + ", requests were signed for " + t.url->region +
+            ": set AWS_REGION=" + region + ")";
   } else if (c.s3 && (code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" ||
                       code == "ExpiredToken" || code == "InvalidToken")) {
     what += " (credentials from " + c.credentials.source + ")";
@@ -422,12 +421,11 @@ class Engine {
       int timeout = kPollMs;
       if (active_.empty()) {
         // Only retries waiting for their backoff: sleep until the first is due.
-        const auto next = std::min_element(waiting_.begin(), waiting_.end(),
-                                           [](const Transfer* a, const Transfer* b) {
-                                             return a->ready_at < b->ready_at;
-                                           });
-        const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
-            (*next)->ready_at - Clock::now());
+        const auto next = std::min_element(
+            waiting_.begin(), waiting_.end(),
+            [](const Transfer* a, const Transfer* b) { return a->ready_at < b->ready_at; });
+        const auto wait =
+            std::chrono::duration_cast<std::chrono::milliseconds>((*next)->ready_at - Clock::now());
         timeout = static_cast<int>(std::clamp<long long>(wait.count(), 0, kPollMs));
       }
       curl_multi_poll(multi_, nullptr, 0, timeout, nullptr);
@@ -490,8 +488,7 @@ class Engine {
     ++t.attempts;
     if (t.attempts >= c_.settings.attempts) {
       throw_failure(t,
-                    t.last_problem + " (gave up after " + std::to_string(t.attempts) +
-                        " attempts)",
+                    t.last_problem + " (gave up after " + std::to_string(t.attempts) + " attempts)",
                     EIO, false);
     }
     // Exponential backoff with jitter: half the step fixed, half random.
@@ -602,8 +599,7 @@ void fetch_ranges(std::span<const ObjectRange> ranges, const HttpSettings& setti
   engine.run();
 }
 
-ObjectPrefix fetch_prefix(const ObjectUrl& url, std::uint64_t bytes,
-                          const HttpSettings& settings) {
+ObjectPrefix fetch_prefix(const ObjectUrl& url, std::uint64_t bytes, const HttpSettings& settings) {
   ObjectPrefix prefix;
   prefix.bytes.resize(bytes);
   std::deque<Transfer> transfers(1);
@@ -639,8 +635,9 @@ ObjectPrefix fetch_prefix(const ObjectUrl& url, std::uint64_t bytes,
     // transfer stopped when full; then the size is Content-Length.
     prefix.size = t.done;
     if (t.full) {
-      throw IoError(url.text + ": offset 0: the server ignores Range requests (HTTP 200 for a "
-                               "range); warpload needs ranged reads",
+      throw IoError(url.text +
+                        ": offset 0: the server ignores Range requests (HTTP 200 for a "
+                        "range); warpload needs ranged reads",
                     EIO, 0);
     }
   }
@@ -683,8 +680,7 @@ std::vector<std::string> list_object_keys(const ObjectUrl& prefix, const HttpSet
     request += "prefix=" + percent_encode(prefix.key, false);
     const std::string xml = fetch_body(prefix, request, kMaxListingPage, settings);
     if (xml.find("<ListBucketResult") == std::string::npos) {
-      throw IoError(prefix.text + ": the ListObjectsV2 response is not a ListBucketResult", EIO,
-                    0);
+      throw IoError(prefix.text + ": the ListObjectsV2 response is not a ListBucketResult", EIO, 0);
     }
     for (std::size_t at = xml.find("<Contents>"); at != std::string::npos;
          at = xml.find("<Contents>", at)) {
@@ -700,13 +696,11 @@ std::vector<std::string> list_object_keys(const ObjectUrl& prefix, const HttpSet
     if (xml_element(xml, "IsTruncated") != "true") return keys;
     std::string next = xml_element(xml, "NextContinuationToken");
     if (next.empty() || next == token) {
-      throw IoError(prefix.text + ": a truncated listing without a new continuation token", EIO,
-                    0);
+      throw IoError(prefix.text + ": a truncated listing without a new continuation token", EIO, 0);
     }
     token = std::move(next);
   }
-  throw IoError(prefix.text + ": more than " + std::to_string(kMaxListingPages) +
-                    " listing pages",
+  throw IoError(prefix.text + ": more than " + std::to_string(kMaxListingPages) + " listing pages",
                 EIO, 0);
 }
 

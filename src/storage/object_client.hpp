@@ -65,8 +65,8 @@ void fetch_ranges(std::span<const ObjectRange> ranges, const HttpSettings& setti
 
 // What one GET of an object's first bytes says about it.
 struct ObjectPrefix {
-  std::uint64_t size = 0;  // the object's size
-  std::string etag;        // its ETag as sent (quotes kept), "" if the server sends none
+  std::uint64_t size = 0;        // the object's size
+  std::string etag;              // its ETag as sent (quotes kept), "" if the server sends none
   std::vector<std::byte> bytes;  // its first min(asked, size) bytes
 };
 [[nodiscard]] ObjectPrefix fetch_prefix(const ObjectUrl& url, std::uint64_t bytes,

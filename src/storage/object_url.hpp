@@ -22,7 +22,7 @@ namespace warpload::detail {
 [[nodiscard]] std::string percent_encode(std::string_view text, bool keep_slash);
 
 struct ObjectUrl {
-  std::string text;         // as given: what messages name
+  std::string text;  // as given: what messages name
   bool s3 = false;
   std::string bucket;       // s3 only
   std::string key;          // s3 only, decoded (as listed by ListObjectsV2)

@@ -15,7 +15,8 @@ under tests/object_store/node_modules: `make deps` installs them) fails `start`,
 WARPLOAD_OBJECT_STORE_SKIP=1, which writes {"skip": REASON} for the tests to skip with.
 
 The fault server serves ROOT with Range, ETag and If-Match like a plain web server; the first
-path component picks a fault, applied per (fault, file) so each test gets fresh counters:
+path component picks a fault, counted per (component, file); a suffix "-TAG" gives a test
+counters of its own (e.g. /replace2-cli/F), since the servers outlive each test:
     /ok/F            no fault
     /503x<N>/F       the first N requests answer 503 SlowDown (S3's XML)
     /drop<N>/F       the first N responses stop after half their body and close the connection
@@ -149,7 +150,7 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         n = self.count((fault, rel))
-        m = re.fullmatch(r"(503x|[a-z]+)(\d*)", fault)
+        m = re.fullmatch(r"(503x|[a-z]+)(\d*)(?:-[a-z0-9]+)?", fault)
         kind, limit = (m.group(1), int(m.group(2) or 0)) if m else (fault, 0)
         if kind == "always" or (kind == "503x" and n <= limit):
             self.send_503()
