@@ -705,6 +705,35 @@ TEST(ObjectStoreCliTest, HashOfAUrlEqualsHashOfTheLocalFilesAndErrorsExitWithThe
   EXPECT_NE(replaced.err.find("replaced"), std::string::npos) << replaced.err;
 }
 
+// A device load of URLs through the staged pipeline on the fake CUDA driver (its device memory
+// is host memory): verified on the device against fresh GETs, and the host RSS growth is the
+// tensors (the fake's device memory) plus the ring, within 5%, plus a fixed allowance for
+// libcurl's receive buffers and the speculative header GETs (1 MiB per file).
+TEST(ObjectStoreCliTest, DeviceLoadOfUrlsThroughTheFakeDriverIsVerifiedWithinTheRingBudget) {
+  REQUIRE_SERVERS();
+  const ScopedEnv cuda("WARPLOAD_CUDA_LIB", WARPLOAD_FAKE_CUDA);
+  const CliResult r = run_cli({"load", servers().http + "/model/model.safetensors.index.json",
+                               servers().http + "/single.safetensors", "--device", "cuda:0",
+                               "--staging", "4MiB", "--json", "--verify"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  simdjson::dom::parser parser;
+  simdjson::dom::element json;
+  ASSERT_EQ(parser.parse(r.out).get(json), simdjson::SUCCESS) << r.out;
+  std::string_view backend;
+  ASSERT_EQ(json["backend"].get_string().get(backend), simdjson::SUCCESS);
+  EXPECT_EQ(backend, "http");
+  std::uint64_t bytes = 0;
+  std::uint64_t growth = 0;
+  std::uint64_t staging = 0;
+  ASSERT_EQ(json["bytes"].get_uint64().get(bytes), simdjson::SUCCESS);
+  ASSERT_EQ(json["host_rss_growth_bytes"].get_uint64().get(growth), simdjson::SUCCESS);
+  ASSERT_EQ(json["staging_bytes"].get_uint64().get(staging), simdjson::SUCCESS);
+  EXPECT_EQ(staging, 4U << 20);
+  constexpr std::uint64_t kCurlAllowance = 24ULL << 20;
+  EXPECT_LE(growth, (bytes + staging) + (bytes + staging) / 20 + kCurlAllowance)
+      << "bytes " << bytes;
+}
+
 #endif  // WARPLOAD_CLI_PATH
 
 }  // namespace

@@ -50,7 +50,7 @@ class ObjectFile final : public StorageFile {
 class HttpStorage final : public Storage {
  public:
   explicit HttpStorage(const StorageOptions& options)
-      : settings_(resolve_http_settings(options.http)) {
+      : settings_(resolve_http_settings(options.http, options.threads)) {
     capabilities_.name = "http";
   }
 

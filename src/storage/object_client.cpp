@@ -14,6 +14,7 @@
 #include <mutex>
 #include <random>
 #include <stdexcept>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -375,8 +376,11 @@ std::string http_failure(const Transfer& t, const RequestContext& c) {
 // Runs every transfer to completion, `settings.connections` at a time.
 class Engine {
  public:
-  Engine(RequestContext context, std::deque<Transfer>& transfers, ReadControl* control)
-      : c_(std::move(context)), transfers_(transfers), control_(control) {
+  // `stop`, when not null, is shared by the engines of one fetch: set when one of them fails,
+  // the others return with their transfers dropped.
+  Engine(RequestContext context, std::deque<Transfer>& transfers, ReadControl* control,
+         const std::atomic<bool>* stop = nullptr)
+      : c_(std::move(context)), transfers_(transfers), control_(control), stop_(stop) {
     multi_ = curl_multi_init();
     if (multi_ == nullptr) throw OutOfMemoryError("libcurl: curl_multi_init failed");
     curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS,
@@ -408,6 +412,7 @@ class Engine {
     std::random_device seed;
     rng_.seed(seed());
     while (!waiting_.empty() || !active_.empty()) {
+      if (stop_ != nullptr && stop_->load()) return;
       if (control_ != nullptr && control_->cancel.load()) {
         throw CancelledError(transfers_.front().url->text + ": load cancelled");
       }
@@ -546,6 +551,7 @@ class Engine {
   RequestContext c_;
   std::deque<Transfer>& transfers_;
   ReadControl* control_;
+  const std::atomic<bool>* stop_;
   CURLM* multi_ = nullptr;
   std::deque<Transfer*> waiting_;
   std::vector<Transfer*> active_;
@@ -564,7 +570,7 @@ std::unordered_map<std::string, PinnedObject>& pins() {
 
 }  // namespace
 
-HttpSettings resolve_http_settings(const HttpOptions& options) noexcept {
+HttpSettings resolve_http_settings(const HttpOptions& options, unsigned threads) noexcept {
   HttpSettings s;
   s.connections = options.connections != 0 ? options.connections : kDefaultHttpConnections;
   s.request_size = options.request_size != 0 ? options.request_size : kDefaultHttpRequestSize;
@@ -572,6 +578,8 @@ HttpSettings resolve_http_settings(const HttpOptions& options) noexcept {
       options.stall_timeout_ms != 0 ? options.stall_timeout_ms : kDefaultHttpStallTimeoutMs;
   s.attempts = options.attempts != 0 ? options.attempts : kDefaultHttpAttempts;
   s.backoff_ms = options.backoff_ms != 0 ? options.backoff_ms : kDefaultHttpBackoffMs;
+  s.threads = threads != 0 ? threads
+                           : std::clamp(std::thread::hardware_concurrency(), 1U, kMaxDefaultThreads);
   return s;
 }
 
@@ -595,8 +603,45 @@ void fetch_ranges(std::span<const ObjectRange> ranges, const HttpSettings& setti
     }
   }
   if (transfers.empty()) return;
-  Engine engine(make_context(*first, settings, s3), transfers, control);
-  engine.run();
+  RequestContext context = make_context(*first, settings, s3);
+  const auto threads = static_cast<unsigned>(std::min<std::size_t>(
+      {std::max(settings.threads, 1U), settings.connections, transfers.size()}));
+  if (threads == 1) {
+    Engine engine(std::move(context), transfers, control);
+    engine.run();
+    return;
+  }
+  // One engine (multi handle) per thread: one thread cannot receive and copy at the rate of
+  // many connections. Pieces are dealt round-robin so every thread spans every file.
+  std::vector<std::deque<Transfer>> parts(threads);
+  for (std::size_t i = 0; i < transfers.size(); ++i) {
+    parts[i % threads].push_back(std::move(transfers[i]));
+  }
+  context.settings.connections = (settings.connections + threads - 1) / threads;
+  std::atomic<bool> stop{false};
+  std::mutex error_mutex;
+  std::exception_ptr first_error;
+  const auto work = [&](std::deque<Transfer>& part) {
+    try {
+      Engine engine(context, part, control, &stop);
+      engine.run();
+    } catch (...) {
+      const std::lock_guard lock(error_mutex);
+      if (!first_error) first_error = std::current_exception();
+      stop.store(true);
+    }
+  };
+  std::vector<std::thread> pool;
+  try {
+    for (unsigned k = 1; k < threads; ++k) pool.emplace_back(work, std::ref(parts[k]));
+  } catch (...) {
+    stop.store(true);
+    for (std::thread& t : pool) t.join();
+    throw;
+  }
+  work(parts[0]);
+  for (std::thread& t : pool) t.join();
+  if (first_error) std::rethrow_exception(first_error);
 }
 
 ObjectPrefix fetch_prefix(const ObjectUrl& url, std::uint64_t bytes, const HttpSettings& settings) {

@@ -1,7 +1,7 @@
 // The object storage transfer engine (libcurl) and the small fetches planning needs.
 //
-// fetch_ranges() lands byte ranges of objects in memory: a curl multi handle keeps
-// `connections` ranged GETs in flight (keep-alive connections, HTTP/2 where TLS offers it);
+// fetch_ranges() lands byte ranges of objects in memory: curl multi handles (`threads` of them,
+// each on its own thread) keep `connections` ranged GETs in flight between them (keep-alive connections, HTTP/2 where TLS offers it);
 // each range is cut into `request_size` GETs whose write callback copies straight into the
 // destination, bounds-checked (a body longer than asked fails the range, nothing is written
 // past it). Reliability:
@@ -41,13 +41,17 @@ struct HttpSettings {
   unsigned stall_timeout_ms = 0;
   unsigned attempts = 0;
   unsigned backoff_ms = 0;
+  unsigned threads = 0;  // engines (multi handles, each on a thread) sharing the connections
 };
 inline constexpr unsigned kDefaultHttpConnections = 16;
 inline constexpr std::uint64_t kDefaultHttpRequestSize = 8ULL << 20;
 inline constexpr unsigned kDefaultHttpStallTimeoutMs = 30'000;
 inline constexpr unsigned kDefaultHttpAttempts = 10;
 inline constexpr unsigned kDefaultHttpBackoffMs = 100;
-[[nodiscard]] HttpSettings resolve_http_settings(const HttpOptions& options) noexcept;
+inline constexpr unsigned kMaxDefaultThreads = 4;
+// `threads`: StorageOptions::threads; 0 = the cores, at most kMaxDefaultThreads.
+[[nodiscard]] HttpSettings resolve_http_settings(const HttpOptions& options,
+                                                 unsigned threads = 0) noexcept;
 
 // Bytes [offset, offset + length) of the object at `url` land at [dest, dest + length).
 struct ObjectRange {

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "storage/aws_credentials.hpp"
+#include "warpload/object_storage.hpp"
 
 namespace warpload::detail {
 namespace {
@@ -112,3 +113,9 @@ ObjectUrl parse_object_url(std::string_view text) {
 }
 
 }  // namespace warpload::detail
+
+namespace warpload {
+
+bool is_object_url(std::string_view path) noexcept { return detail::is_object_url(path); }
+
+}  // namespace warpload

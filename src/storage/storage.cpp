@@ -227,6 +227,7 @@ const std::vector<BackendEntry>& backend_table() {
         .summary = "object storage by URL (s3://, http://, https://): libcurl, many ranged GETs "
                    "in flight straight into the destination",
         .host_destinations = true,
+        .uses_threads = true,
         .uses_http = true,
         .reads_urls = true},
        &always_available,

@@ -308,6 +308,48 @@ def s3_put(endpoint, key, path):
                     f"{endpoint}/{BUCKET}/{key}", "-o", os.devnull], check=True)
 
 
+def start_nginx(state, root):
+    """nginx serving `root` over HTTP and HTTPS + HTTP/2 (STATE/cert.pem must exist for the
+    latter); returns the two base URLs. Also used by benchmarks/object_store_bench.py."""
+    os.makedirs(os.path.join(state, "tmp"), exist_ok=True)
+    http_port, https_port = free_port(), free_port()
+    with open(os.path.join(state, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.format(state=state, data=root, http_port=http_port,
+                                  https_port=https_port,
+                                  user="user root;" if os.geteuid() == 0 else ""))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = spawn([nginx, "-c", os.path.join(state, "nginx.conf"), "-p", state], state, "nginx")
+    wait_for(http_port, "nginx", proc)
+    wait_for(https_port, "nginx (https)", proc)
+    return f"http://127.0.0.1:{http_port}", f"https://127.0.0.1:{https_port}"
+
+
+def start_s3rver(state, root):
+    """s3rver with bucket BUCKET holding every file under `root` (key = relative path);
+    returns its endpoint URL."""
+    # s3rver's continuation tokens are DES-encrypted, which Node 20's OpenSSL 3 offers only
+    # through the legacy provider. s3rver checks the access key id but not SigV4 signatures.
+    s3dir = os.path.join(state, "s3rver")
+    os.makedirs(s3dir)
+    port = free_port()
+    proc = spawn(["node", "--openssl-legacy-provider", S3RVER, "-d", s3dir, "-a", "127.0.0.1",
+                  "-p", str(port), "--no-vhost-buckets", "-s", "--configure-bucket", BUCKET],
+                 state, "s3rver")
+    wait_for(port, "s3rver", proc)
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, path in objects(root):
+        s3_put(endpoint, key, path)
+    return endpoint
+
+
+def make_certificate(state):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", os.path.join(state, "key.pem"),
+                    "-out", os.path.join(state, "cert.pem")],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start(state):
     state = os.path.abspath(state)
     stop(state)
@@ -324,36 +366,14 @@ def start(state):
                          "WARPLOAD_OBJECT_STORE_SKIP=1 outside `make test` to skip)")
     data = os.path.join(state, "data")
     make_data(data)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", os.path.join(state, "key.pem"),
-                    "-out", os.path.join(state, "cert.pem")],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    http_port, https_port, s3_port, fault_port = (free_port() for _ in range(4))
-    with open(os.path.join(state, "nginx.conf"), "w") as f:
-        f.write(NGINX_CONF.format(state=state, data=data, http_port=http_port,
-                                  https_port=https_port,
-                                  user="user root;" if os.geteuid() == 0 else ""))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    procs = [(spawn([nginx, "-c", os.path.join(state, "nginx.conf"), "-p", state], state,
-                    "nginx"), http_port, "nginx")]
-    # s3rver's continuation tokens are DES-encrypted, which Node 20's OpenSSL 3 offers only
-    # through the legacy provider. s3rver checks the access key id but not SigV4 signatures.
-    s3dir = os.path.join(state, "s3rver")
-    os.makedirs(s3dir)
-    procs.append((spawn(["node", "--openssl-legacy-provider", S3RVER, "-d", s3dir,
-                         "-a", "127.0.0.1", "-p", str(s3_port), "--no-vhost-buckets", "-s",
-                         "--configure-bucket", BUCKET], state, "s3rver"), s3_port, "s3rver"))
-    procs.append((spawn([sys.executable, os.path.abspath(__file__), "fault-server",
-                         str(fault_port), data], state, "faults"), fault_port, "fault server"))
-    procs.append((procs[0][0], https_port, "nginx (https)"))
-    for proc, port, what in procs:
-        wait_for(port, what, proc)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    for key, path in objects(data):
-        s3_put(endpoint, key, path)
-    info = {"data": data, "http": f"http://127.0.0.1:{http_port}",
-            "https": f"https://127.0.0.1:{https_port}", "ca": os.path.join(state, "cert.pem"),
+    make_certificate(state)
+    http, https = start_nginx(state, data)
+    endpoint = start_s3rver(state, data)
+    fault_port = free_port()
+    wait_for(fault_port, "fault server",
+             spawn([sys.executable, os.path.abspath(__file__), "fault-server", str(fault_port),
+                    data], state, "faults"))
+    info = {"data": data, "http": http, "https": https, "ca": os.path.join(state, "cert.pem"),
             "s3_endpoint": endpoint, "bucket": BUCKET, "key_id": KEY_ID, "secret": SECRET,
             "faults": f"http://127.0.0.1:{fault_port}", "skip": ""}
     with open(os.path.join(state, "state.json"), "w") as f:
