@@ -33,6 +33,7 @@ constexpr std::size_t kMaxErrorBody = 8192;
 constexpr long kCurlBufferSize = 512L << 10;
 constexpr int kPollMs = 50;  // the longest a cancel waits
 constexpr unsigned kMaxBackoffMs = 5'000;
+constexpr unsigned kConnectAttempts = 4;
 constexpr std::uint64_t kMaxListingPage = 64ULL << 20;
 constexpr unsigned kMaxListingPages = 100'000;
 
@@ -488,10 +489,11 @@ class Engine {
     }
   }
 
-  void retry(Transfer& t, std::string problem) {
+  // `max_attempts` caps the tries for failures that rarely heal (a refused connection).
+  void retry(Transfer& t, std::string problem, unsigned max_attempts = ~0U) {
     t.last_problem = std::move(problem);
     ++t.attempts;
-    if (t.attempts >= c_.settings.attempts) {
+    if (t.attempts >= std::min(c_.settings.attempts, max_attempts)) {
       throw_failure(t,
                     t.last_problem + " (gave up after " + std::to_string(t.attempts) + " attempts)",
                     EIO, false);
@@ -542,7 +544,8 @@ class Engine {
                     EPROTO, false);
     }
     if (is_transient(result)) {
-      retry(t, detail);
+      // Nothing listening: a server restarting heals in a second or two, a wrong port never.
+      retry(t, detail, result == CURLE_COULDNT_CONNECT ? kConnectAttempts : ~0U);
       return;
     }
     throw_failure(t, detail, EIO, false);
