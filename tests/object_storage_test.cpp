@@ -28,6 +28,8 @@
 #include "storage/object_url.hpp"
 #include "support/reference_reader.hpp"
 #include "support/temp_dir.hpp"
+#include "support/thread_collective.hpp"
+#include "warpload/distributed.hpp"
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
 #include "warpload/storage.hpp"
@@ -530,6 +532,40 @@ TEST(HttpFaultTest, CancelStopsTransfersInFlight) {
   EXPECT_THROW(storage->read({&request, 1}, &control), CancelledError);
   canceller.join();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+// ---- multi-rank ---------------------------------------------------------------------------------
+
+TEST(HttpLoadTest, RanksReadOnlyTheirSliceAndAllGetEveryByte) {
+  REQUIRE_SERVERS();
+  constexpr int kWorld = 3;
+  const std::string index = servers().http + "/model/model.safetensors.index.json";
+  std::vector<std::uint64_t> read(kWorld);
+  std::uint64_t total = 0;
+  const auto errors =
+      testing::run_ranks(kWorld, std::chrono::seconds(60), [&](int r, auto collective) {
+        DistributedOptions d;
+        d.round_bytes = 1 << 20;  // several all-gather rounds
+        DistributedLoader loader(collective, http_options(2, 256 << 10), d);
+        loader.add(index);
+        (void)loader.load(Delivery::kAll);
+        read[static_cast<std::size_t>(r)] = loader.stats().bytes_read;
+        if (r == 0) total = loader.total_bytes();
+        for (const PlannedFile& f : loader.files()) {
+          const fs::path local = servers().data / f.path.string().substr(servers().http.size() + 1);
+          const auto reference = read_reference_header(local);
+          for (const auto& [name, tensor] : reference.tensors) {
+            const TensorView v = loader.tensor(name);
+            const std::string expected = read_reference_tensor(local, reference, name);
+            ASSERT_EQ(v.nbytes, expected.size()) << name;
+            ASSERT_EQ(std::memcmp(v.data, expected.data(), expected.size()), 0) << name;
+          }
+        }
+      });
+  EXPECT_EQ(testing::first_rank_error(errors), "");
+  // Each byte fetched once: the ranks' slices add up to the data bytes.
+  EXPECT_EQ(read[0] + read[1] + read[2], total);
+  for (const std::uint64_t bytes : read) EXPECT_LT(bytes, total);
 }
 
 // ---- s3rver: SigV4, listing, credentials -------------------------------------------------------
