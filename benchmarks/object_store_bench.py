@@ -54,8 +54,10 @@ def shards_of(directory):
     return sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
 
 
-def curl_ceiling(base, directory, connections, extra=()):
-    """N curl processes, each fetching its contiguous 1/N of the concatenated shards."""
+def curl_ceiling(base, directory, connections, extra=(), sink=None):
+    """N curl processes, each fetching its contiguous 1/N of the concatenated shards into
+    /dev/null, or with `sink` (a tmpfs folder) into files there: the same bytes written to
+    fresh memory, as a load must."""
     files = [(f, os.path.getsize(os.path.join(directory, f))) for f in shards_of(directory)]
     total = sum(size for _, size in files)
     per = math.ceil(total / connections)
@@ -70,7 +72,8 @@ def curl_ceiling(base, directory, connections, extra=()):
             if lo < hi:
                 if not first:
                     args.append("--next")
-                args += ["-r", f"{lo - at}-{hi - at - 1}", "-o", os.devnull, f"{base}/{name}"]
+                out = os.path.join(sink, f"{c}-{name}") if sink else os.devnull
+                args += ["-r", f"{lo - at}-{hi - at - 1}", "-o", out, f"{base}/{name}"]
                 args += list(extra)
                 first = False
             at += size
@@ -81,7 +84,11 @@ def curl_ceiling(base, directory, connections, extra=()):
     for p in procs:
         if p.wait() != 0:
             raise SystemExit(f"curl failed: {p.args}")
-    return total / (time.perf_counter() - start) / 1e9
+    seconds = time.perf_counter() - start
+    if sink:
+        for f in os.listdir(sink):
+            os.remove(os.path.join(sink, f))
+    return total / seconds / 1e9
 
 
 def warpload_load(cli, url, config):
@@ -144,10 +151,14 @@ def main():
         url = http + "/model.safetensors.index.json"
         # Page cache warm for nginx: both sides then read the same cached bytes.
         curl_ceiling(http, data, args.connections)
-        ceiling, ours, rss = 0.0, 0.0, None
+        ceiling, ours, rss, to_memory = 0.0, 0.0, None, 0.0
+        sink = os.path.join("/dev/shm", f"objbench-{os.getpid()}")
+        os.makedirs(sink, exist_ok=True)
         for _ in range(args.runs):
             touch_and_free(args.touch_gib)
             ceiling = max(ceiling, curl_ceiling(http, data, args.connections))
+            touch_and_free(args.touch_gib)
+            to_memory = max(to_memory, curl_ceiling(http, data, args.connections, sink=sink))
             touch_and_free(args.touch_gib)
             r = warpload_load(cli, url, config)
             if r["gbps"] > ours:
@@ -158,7 +169,10 @@ def main():
         print(f"nginx, {args.size} in {args.shards} shards, {args.connections} connections, "
               f"{args.request_size} B requests, best of {args.runs}:")
         print(f"  ceiling (parallel curl)  {ceiling:6.2f} GB/s")
-        print(f"  warpload load            {ours:6.2f} GB/s   ratio {ours / ceiling:.2f}")
+        print(f"  parallel curl into tmpfs {to_memory:6.2f} GB/s   (the same, writing memory)")
+        print(f"  warpload load            {ours:6.2f} GB/s   ratio {ours / ceiling:.2f} "
+              f"(to tmpfs curl: {ours / to_memory:.2f})")
+        os.rmdir(sink)
         if rss is not None:
             print(f"  peak RSS of the CLI      {rss[0]} B for {rss[1]} B "
                   f"({100.0 * (rss[0] - rss[1]) / rss[1]:+.1f}%)")
