@@ -29,6 +29,7 @@
 #include "support/reference_reader.hpp"
 #include "support/temp_dir.hpp"
 #include "support/thread_collective.hpp"
+#include "warpload/config.hpp"
 #include "warpload/distributed.hpp"
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
@@ -292,6 +293,27 @@ TEST(AwsCredentialsTest, EnvironmentThenProfileFilesThenAClearError) {
     const ScopedEnv only_id("AWS_ACCESS_KEY_ID", "X");
     EXPECT_THROW((void)detail::aws_credentials(), UnsupportedError);
   }
+}
+
+TEST(HttpSettingsTest, TheConfigFileCarriesThemAndAnyBackendTakesThem) {
+  const TempDir dir;
+  const fs::path path = dir.path() / "config.json";
+  std::ofstream(path) << R"({"version": 1, "backend": "uring",
+                             "http": {"connections": 24, "request_size": 4194304}})";
+  const TunedSettings read = read_config(path);
+  EXPECT_EQ(read.storage.http.connections, 24U);
+  EXPECT_EQ(read.storage.http.request_size, 4194304U);
+  const fs::path copy = dir.path() / "copy.json";
+  write_config(copy, read);
+  EXPECT_EQ(read_config(copy).storage.http.connections, 24U);
+  // Applied whatever backend a load names: they are for URLs only.
+  const ResolvedSettings r = apply_config("posix", {}, &read);
+  EXPECT_EQ(r.storage.http.connections, 24U);
+  StorageOptions explicit_options;
+  explicit_options.http.request_size = 1 << 20;
+  EXPECT_EQ(apply_config("", explicit_options, &read).storage.http.request_size, 1U << 20);
+  std::ofstream(path) << R"({"http": {"connections": -1}})";
+  EXPECT_THROW((void)read_config(path), InvalidFileError);
 }
 
 TEST(HttpBackendTest, RegisteredForUrlsOnlyAndChosenByAuto) {
@@ -739,6 +761,32 @@ TEST(ObjectStoreCliTest, HashOfAUrlEqualsHashOfTheLocalFilesAndErrorsExitWithThe
       run_cli({"load", servers().faults + "/replace2-cli/single.safetensors"});
   EXPECT_EQ(replaced.status, 5) << replaced.err;
   EXPECT_NE(replaced.err.find("replaced"), std::string::npos) << replaced.err;
+}
+
+// tune over URLs sweeps connections and request size and replaces only the "http" section.
+TEST(ObjectStoreCliTest, TuneOverAUrlWritesOnlyTheHttpSettings) {
+  REQUIRE_SERVERS();
+  const TempDir dir;
+  const fs::path config = dir.path() / "config.json";
+  std::ofstream(config) << R"({"version": 1, "backend": "posix", "threads": 2})";
+  const std::string url = servers().http + "/single.safetensors";
+  const CliResult r =
+      run_cli({"tune", url, "--config", config.string(), "--quick", "--runs", "1"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("best: http"), std::string::npos) << r.out;
+  const TunedSettings written = read_config(config);
+  EXPECT_EQ(written.backend, "posix");
+  EXPECT_EQ(written.storage.threads, 2U);
+  EXPECT_NE(written.storage.http.connections, 0U);
+  EXPECT_NE(written.storage.http.request_size, 0U);
+  ASSERT_TRUE(written.tuned_on.has_value());
+  EXPECT_EQ(written.tuned_on->paths, std::vector<std::string>{url});
+  // The config names posix for local files; a URL load with it still reads with http.
+  const CliResult load = run_cli({"load", url, "--config", config.string()});
+  EXPECT_EQ(load.status, 0) << load.err;
+  EXPECT_NE(load.out.find("(http)"), std::string::npos) << load.out;
+  const CliResult wrong = run_cli({"tune", url, "--backend", "posix", "--config", config.string()});
+  EXPECT_EQ(wrong.status, 2) << wrong.err;
 }
 
 // A device load of URLs through the staged pipeline on the fake CUDA driver (its device memory
