@@ -292,10 +292,17 @@ def missing_programs():
     return missing
 
 
+def server_env():
+    """The environment without the sanitizer runtimes a sanitized pytest run preloads: the
+    servers are not ours to instrument."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")}
+
+
 def spawn(args, state, name):
     log = open(os.path.join(state, name + ".log"), "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=server_env())
     with open(os.path.join(state, "pids"), "a") as f:
         f.write(f"{proc.pid}\n")
     return proc
@@ -305,7 +312,8 @@ def s3_put(endpoint, key, path):
     subprocess.run(["curl", "-sS", "--fail", "--noproxy", "*", "--aws-sigv4",
                     "aws:amz:us-east-1:s3", "-u", f"{KEY_ID}:{SECRET}", "-H",
                     f"x-amz-content-sha256: {EMPTY_SHA256}", "-T", path,
-                    f"{endpoint}/{BUCKET}/{key}", "-o", os.devnull], check=True)
+                    f"{endpoint}/{BUCKET}/{key}", "-o", os.devnull], check=True,
+                   env=server_env())
 
 
 def start_nginx(state, root):
@@ -347,7 +355,8 @@ def make_certificate(state):
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", os.path.join(state, "key.pem"),
                     "-out", os.path.join(state, "cert.pem")],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=server_env())
 
 
 def start(state):

@@ -69,7 +69,7 @@ def test_load_file_over_http_and_s3(store, s3):
     check(got, expected(store, "single.safetensors"))
     got = warpload.load_file(store["http"] + "/model/model.safetensors.index.json")
     check(got, expected(store, *SHARDS))
-    got = warpload.load_file(s3 + "/model/", framework="pt")
+    got = warpload.load_file(s3 + "/model/", framework="pt", connections=3, request_size=65536)
     check(got, expected(store, *SHARDS))
     got = warpload.load_file([s3 + "/shards/part-0.safetensors",
                               s3 + "/shards/part-1.safetensors"], framework="numpy")
@@ -114,4 +114,4 @@ def test_errors_name_the_url(store, s3, monkeypatch):
         warpload.load_file(s3 + "/single.safetensors")
     replaced = store["faults"] + "/replace2/single.safetensors"
     with pytest.raises(OSError, match="replaced during the load"):
-        warpload.load_file(replaced)
+        warpload.load_file(replaced, request_size=4 << 20, connections=1)
