@@ -6,9 +6,10 @@
 // run here; the CLI, the Python bindings and the tests list and validate backends through
 // these, never by comparing names. The registered backends today: posix, uring, mmap, auto,
 // 3fs (3FS USRBIO), gds (GPUDirect Storage, device loads only) and http (objects named by
-// URL: s3://, http://, https://); docs/architecture.md has the table. StorageOptions::direct opens files with O_DIRECT (backends with takes_direct):
-// every read then has the file's alignment() for its offset, length and destination; callers
-// read the aligned superset of what they need and place tensors inside it.
+// URL: s3://, http://, https://); docs/architecture.md has the table.
+// StorageOptions::direct opens files with O_DIRECT (backends with takes_direct): every read then
+// has the file's alignment() for its offset, length and destination; callers read the aligned
+// superset of what they need and place tensors inside it.
 //
 // Test doubles (fault injection, tracing) are decorators built on StorageWrapper.
 //
@@ -61,12 +62,12 @@ struct UsrbioOptions {
 // Settings of the "http" backend (object storage: s3://, http://, https://; see
 // docs/object-storage.md); 0 = backend default.
 struct HttpOptions {
-  unsigned connections = 0;         // ranged GETs in flight at once; 0 = 16
-  std::uint64_t request_size = 0;   // bytes per ranged GET; 0 = 8 MiB
-  unsigned stall_timeout_ms = 0;    // a transfer with no byte this long is retried; 0 = 30 s
-  unsigned attempts = 0;            // tries per GET before the read fails; 0 = 10
-  unsigned backoff_ms = 0;          // delay before the first retry, doubled per retry (with
-                                    // jitter, at most 5 s); 0 = 100 ms
+  unsigned connections = 0;        // ranged GETs in flight at once; 0 = 16
+  std::uint64_t request_size = 0;  // bytes per ranged GET; 0 = 8 MiB
+  unsigned stall_timeout_ms = 0;   // a transfer with no byte this long is retried; 0 = 30 s
+  unsigned attempts = 0;           // tries per GET before the read fails; 0 = 10
+  unsigned backoff_ms = 0;         // delay before the first retry, doubled per retry (with
+                                   // jitter, at most 5 s); 0 = 100 ms
 };
 
 struct StorageOptions {

@@ -415,7 +415,9 @@ ResolvedSettings apply_config(std::string_view backend, const StorageOptions& ex
   r.storage = explicit_options;
   if (config == nullptr) return r;
   // The http settings are for URLs whatever backend the config names for local files.
-  if (r.storage.http.connections == 0) r.storage.http.connections = config->storage.http.connections;
+  if (r.storage.http.connections == 0) {
+    r.storage.http.connections = config->storage.http.connections;
+  }
   if (r.storage.http.request_size == 0) {
     r.storage.http.request_size = config->storage.http.request_size;
   }

@@ -581,8 +581,9 @@ HttpSettings resolve_http_settings(const HttpOptions& options, unsigned threads)
       options.stall_timeout_ms != 0 ? options.stall_timeout_ms : kDefaultHttpStallTimeoutMs;
   s.attempts = options.attempts != 0 ? options.attempts : kDefaultHttpAttempts;
   s.backoff_ms = options.backoff_ms != 0 ? options.backoff_ms : kDefaultHttpBackoffMs;
-  s.threads = threads != 0 ? threads
-                           : std::clamp(std::thread::hardware_concurrency(), 1U, kMaxDefaultThreads);
+  s.threads = threads != 0
+                  ? threads
+                  : std::clamp(std::thread::hardware_concurrency(), 1U, kMaxDefaultThreads);
   return s;
 }
 

@@ -1,10 +1,10 @@
 // The object storage transfer engine (libcurl) and the small fetches planning needs.
 //
 // fetch_ranges() lands byte ranges of objects in memory: curl multi handles (`threads` of them,
-// each on its own thread) keep `connections` ranged GETs in flight between them (keep-alive connections, HTTP/2 where TLS offers it);
-// each range is cut into `request_size` GETs whose write callback copies straight into the
-// destination, bounds-checked (a body longer than asked fails the range, nothing is written
-// past it). Reliability:
+// each on its own thread) keep `connections` ranged GETs in flight between them (keep-alive
+// connections, HTTP/2 where TLS offers it); each range is cut into `request_size` GETs whose write
+// callback copies straight into the destination, bounds-checked (a body longer than asked fails the
+// range, nothing is written past it). Reliability:
 //   - 5xx, 408, 429 (S3 SlowDown), connection resets, refused connections, truncated bodies
 //     and stalls (no byte for stall_timeout_ms) are retried with exponential backoff and jitter,
 //     up to `attempts` tries per GET; a retry asks only for the bytes still missing;

@@ -216,8 +216,9 @@ BenchResult run_measurements(const BenchOptions& options) {
         "(benchmarks/object_store_bench.py measures a plain parallel download for a ceiling)");
     report(result.notes.back());
     for (BenchRow& row : result.rows) {
-      measure_row(row, row.warm, options.paths, result.device, options.runs, [] { return true; },
-                  result.notes);
+      measure_row(
+          row, row.warm, options.paths, result.device, options.runs, [] { return true; },
+          result.notes);
       report(fmt::format("from server {:<10} {}", row.label(), gbps_text(row.warm.gbps)));
     }
     return result;

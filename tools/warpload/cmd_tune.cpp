@@ -463,10 +463,11 @@ void run_tune(const TuneOptions& options) {
   out += '\n';
   out += fmt::format(
       "measured {}; best of {} load{} per run{}; {} candidates in {}\n",
-      urls          ? std::string("from the server")
-      : tuner.cold() ? fmt::format("cold (page cache dropped with {} before each buffered run)",
-                                   cache_drop_name(tuner.cache_drop()))
-                     : std::string("warm for buffered candidates (page cache could not be dropped)"),
+      urls ? std::string("from the server")
+      : tuner.cold()
+          ? fmt::format("cold (page cache dropped with {} before each buffered run)",
+                        cache_drop_name(tuner.cache_drop()))
+          : std::string("warm for buffered candidates (page cache could not be dropped)"),
       options.runs, options.runs == 1 ? "" : "s",
       options.quick || ranked.size() <= 1
           ? ""
