@@ -500,6 +500,17 @@ TEST(HttpFaultTest, PersistentFailuresGiveUpNamingUrlAndOffset) {
   m = thrown<IoError>([&] { storage->read({&request, 1}, nullptr); });
   EXPECT_NE(m.find(bad_url + ": offset 5000000"), std::string::npos) << m;
 
+  // A body always shorter than asked: retried for the missing bytes, then reported.
+  const std::string short_url = servers().faults + "/short1000/single.safetensors";
+  detail::pin_object_version(short_url, {25178361, ""});
+  auto cut = storage->open(short_url);
+  std::vector<std::byte> big(1 << 20);
+  const ReadRequest cut_request{cut.get(), 4096, big.size(), big.data()};
+  m = thrown<IoError>([&] { storage->read({&cut_request, 1}, nullptr); });
+  EXPECT_NE(m.find(short_url + ": offset "), std::string::npos) << m;
+  EXPECT_NE(m.find("the body ended after"), std::string::npos) << m;
+  EXPECT_NE(m.find("3 attempts"), std::string::npos) << m;
+
   // The same range of a healthy path lands byte for byte.
   auto good = storage->open(servers().faults + "/ok/single.safetensors");
   const ReadRequest ok{good.get(), 5'000'000, dest.size(), dest.data()};
@@ -669,6 +680,22 @@ TEST(S3LoadTest, UnknownKeyAndMissingCredentialsAndMissingObjectsAreNamed) {
     loader.add("s3://" + servers().bucket + "/no-such-prefix/");
   });
   EXPECT_NE(m.find("no-such-prefix"), std::string::npos) << m;
+}
+
+// A bucket in another region: S3 answers 301 PermanentRedirect naming it (here the fault server
+// plays S3, the bucket "region" behind AWS_ENDPOINT_URL).
+TEST(S3LoadTest, WrongRegionNamesTheBucketsRegion) {
+  REQUIRE_SERVERS();
+  const S3Env env;
+  const ScopedEnv endpoint("AWS_ENDPOINT_URL", servers().faults.c_str());
+  const std::string url = "s3://region/single.safetensors";
+  const std::string m = thrown<IoError>([&] {
+    Loader loader(http_options());
+    loader.add(url);
+  });
+  EXPECT_NE(m.find(url), std::string::npos) << m;
+  EXPECT_NE(m.find("301 PermanentRedirect"), std::string::npos) << m;
+  EXPECT_NE(m.find("AWS_REGION=eu-west-3"), std::string::npos) << m;
 }
 
 TEST(S3LoadTest, CredentialsFromAProfileFile) {

@@ -25,6 +25,9 @@ counters of its own (e.g. /replace2-cli/F), since the servers outlive each test:
     /replace<K>/F    after K requests the object has a new ETag (and If-Match fails with 412)
     /norange/F       Range is ignored: 200 with the whole file
     /always503/F     every request answers 503
+    /region/F        S3's answer for a bucket in another region: 301 PermanentRedirect with
+                     x-amz-bucket-region: eu-west-3 (as a bucket "region" behind
+                     AWS_ENDPOINT_URL=<this server>)
 """
 import email.utils
 import http.server
@@ -154,6 +157,17 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
         kind, limit = (m.group(1), int(m.group(2) or 0)) if m else (fault, 0)
         if kind == "always" or (kind == "503x" and n <= limit):
             self.send_503()
+            return
+        if kind == "region":
+            body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>PermanentRedirect'
+                    b"</Code><Message>The bucket you are attempting to access must be addressed "
+                    b"using the specified endpoint.</Message></Error>")
+            self.send_response(301)
+            self.send_header("x-amz-bucket-region", "eu-west-3")
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         size = os.path.getsize(path)
         version = 2 if kind == "replace" and n > limit else 1
