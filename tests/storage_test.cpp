@@ -106,14 +106,15 @@ struct BackendConfig {
 
 // Every registered backend that reads into host memory, from the registry: a new backend is
 // exercised here without editing this test. Backends that need device destinations or a
-// mount have their own suites (gds_test, usrbio_test and loader_test against the emulators);
+// mount have their own suites (gds_test, usrbio_test and loader_test against the emulators),
+// as does the one that reads only URLs (object_storage_test, against real servers);
 // one that cannot run on this machine is listed once and skipped with its reason. Each
 // backend runs at its defaults and, where it reads the settings, across threads, block sizes
 // (including ones that are not a multiple of the alignment), queue depths and O_DIRECT.
 std::vector<BackendConfig> backend_configs() {
   std::vector<BackendConfig> configs;
   for (const BackendInfo& info : storage_backends()) {
-    if (!info.host_destinations || info.needs_mount) continue;
+    if (!info.host_destinations || info.needs_mount || info.reads_urls) continue;
     const std::string reason = backend_unavailable_reason(info.name);
     const auto add = [&](bool direct, unsigned threads, std::uint64_t block, unsigned depth) {
       StorageOptions options;
@@ -595,7 +596,8 @@ TEST(BackendRegistryTest, EveryRegisteredBackendIsFoundAndDescribed) {
 TEST(BackendRegistryTest, AvailableNamesAreTheHostBackendsWithoutAReason) {
   std::vector<std::string> expected;
   for (const BackendInfo& info : storage_backends()) {
-    if (info.host_destinations && backend_unavailable_reason(info.name).empty()) {
+    if (info.host_destinations && !info.reads_urls &&
+        backend_unavailable_reason(info.name).empty()) {
       expected.push_back(info.name);
     }
   }

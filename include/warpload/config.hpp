@@ -9,6 +9,8 @@
 //    "usrbio": {"rings": 2, "entries": 64, "io_depth": 0,      // "3fs" backend only
 //               "staging_bytes": 0, "iov_block_size": 0,
 //               "target": "auto"},                         // "auto", "iov" or "staging"
+//    "http": {"connections": 16, "request_size": 8388608},  // URLs ("http" backend), any
+//                                                             // backend named above
 //    "tuned_on": {"paths": ["/models/llama"], "bytes": 2147496640, "gbps": 1.8,
 //                 "date": "2026-11-26T22:40:00Z"}}
 //

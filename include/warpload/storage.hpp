@@ -5,10 +5,11 @@
 // them, make_storage() creates one by name, backend_unavailable_reason() says why one cannot
 // run here; the CLI, the Python bindings and the tests list and validate backends through
 // these, never by comparing names. The registered backends today: posix, uring, mmap, auto,
-// 3fs (3FS USRBIO) and gds (GPUDirect Storage, device loads only); docs/architecture.md has
-// the table. StorageOptions::direct opens files with O_DIRECT (backends with takes_direct):
-// every read then has the file's alignment() for its offset, length and destination; callers
-// read the aligned superset of what they need and place tensors inside it.
+// 3fs (3FS USRBIO), gds (GPUDirect Storage, device loads only) and http (objects named by
+// URL: s3://, http://, https://); docs/architecture.md has the table.
+// StorageOptions::direct opens files with O_DIRECT (backends with takes_direct): every read then
+// has the file's alignment() for its offset, length and destination; callers read the aligned
+// superset of what they need and place tensors inside it.
 //
 // Test doubles (fault injection, tracing) are decorators built on StorageWrapper.
 //
@@ -58,12 +59,24 @@ struct UsrbioOptions {
   UsrbioTarget target = UsrbioTarget::kAuto;  // host loads: zero-copy iovs or staging + copy
 };
 
+// Settings of the "http" backend (object storage: s3://, http://, https://; see
+// docs/object-storage.md); 0 = backend default.
+struct HttpOptions {
+  unsigned connections = 0;        // ranged GETs in flight at once; 0 = 16
+  std::uint64_t request_size = 0;  // bytes per ranged GET; 0 = 8 MiB
+  unsigned stall_timeout_ms = 0;   // a transfer with no byte this long is retried; 0 = 30 s
+  unsigned attempts = 0;           // tries per GET before the read fails; 0 = 10
+  unsigned backoff_ms = 0;         // delay before the first retry, doubled per retry (with
+                                   // jitter, at most 5 s); 0 = 100 ms
+};
+
 struct StorageOptions {
   bool direct = false;           // O_DIRECT, for backends that take it (BackendInfo::takes_direct)
   unsigned threads = 0;          // worker threads; 0 = backend default
   std::uint64_t block_size = 0;  // bytes per read operation; 0 = backend default
   unsigned queue_depth = 0;      // reads in flight per uring thread; 0 = backend default
   UsrbioOptions usrbio;          // "3fs" only
+  HttpOptions http;              // "http" only
   // "gds" only: the CUDA ordinal its destinations are on (the Loader sets it from
   // LoadOptions::device); -1 = none, and make_storage("gds") refuses.
   int cuda_device = -1;
@@ -204,6 +217,10 @@ struct BackendInfo {
   bool uses_block_size = false;
   bool uses_queue_depth = false;
   bool uses_usrbio = false;  // StorageOptions::usrbio
+  bool uses_http = false;    // StorageOptions::http
+  // Reads objects named by URL (s3://, http://, https://) and nothing else; a load of URLs
+  // with backend "auto" reads with it. Not in available_storage_names() (local files).
+  bool reads_urls = false;
 };
 
 // Every registered backend, available here or not, in the order `bench` shows them.
@@ -230,8 +247,8 @@ struct BackendInfo {
 [[nodiscard]] std::unique_ptr<Storage> make_storage(std::string_view name,
                                                     const StorageOptions& options = {});
 
-// Names of the backends with host destinations that can run on this machine, in the order
-// `bench` shows them.
+// Names of the backends with host destinations that read local files and can run on this
+// machine, in the order `bench` shows them (the URL backend, reads_urls, is not one).
 [[nodiscard]] std::vector<std::string> available_storage_names();
 
 // "auto", "iov", "staging"; parse returns false (and leaves *out alone) for any other text.

@@ -186,10 +186,12 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
       .def(py::init([](const py::object& collective, const std::string& backend, bool direct,
                        unsigned threads, std::uint64_t block_size, unsigned queue_depth,
                        const std::string& config, bool use_config, const std::string& mount_point,
-                       bool shared_storage, std::uint64_t round_bytes) {
+                       bool shared_storage, std::uint64_t round_bytes, unsigned connections,
+                       std::uint64_t request_size) {
              LoadOptions o;
              o.backend = backend;
-             o.storage = storage_options(direct, threads, block_size, queue_depth, mount_point);
+             o.storage = storage_options(direct, threads, block_size, queue_depth, mount_point,
+                                         connections, request_size);
              o.config = config;
              o.use_config = use_config;
              DistributedOptions d;
@@ -201,7 +203,8 @@ void bind_distributed(py::module_& m, PyObject* invalid_file_error) {
            py::arg("collective"), py::kw_only(), py::arg("backend") = "", py::arg("direct") = false,
            py::arg("threads") = 0U, py::arg("block_size") = 0ULL, py::arg("queue_depth") = 0U,
            py::arg("config") = "", py::arg("use_config") = true, py::arg("mount_point") = "",
-           py::arg("shared_storage") = false, py::arg("round_bytes") = 0ULL)
+           py::arg("shared_storage") = false, py::arg("round_bytes") = 0ULL,
+           py::arg("connections") = 0U, py::arg("request_size") = 0ULL)
       .def("add",
            [](PyDistributedLoader& l, const std::filesystem::path& path) {
              py::gil_scoped_release release;

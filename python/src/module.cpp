@@ -465,10 +465,12 @@ PYBIND11_MODULE(_warpload, m) {
       .def(py::init([](const std::string& backend, bool direct, unsigned threads,
                        std::uint64_t block_size, unsigned queue_depth, const std::string& config,
                        bool use_config, const std::string& device, std::uint64_t staging_bytes,
-                       const std::string& mount_point, const py::object& allocator) {
+                       const std::string& mount_point, const py::object& allocator,
+                       unsigned connections, std::uint64_t request_size) {
              PyLoadOptions o;
              o.backend = backend;
-             o.storage = storage_options(direct, threads, block_size, queue_depth, mount_point);
+             o.storage = storage_options(direct, threads, block_size, queue_depth, mount_point,
+                                         connections, request_size);
              o.config = config;
              o.use_config = use_config;
              o.device = device;
@@ -480,7 +482,8 @@ PYBIND11_MODULE(_warpload, m) {
            py::arg("threads") = 0U, py::arg("block_size") = 0ULL, py::arg("queue_depth") = 0U,
            py::arg("config") = "", py::arg("use_config") = true, py::arg("device") = "cpu",
            py::arg("staging_bytes") = 0ULL, py::arg("mount_point") = "",
-           py::arg("allocator") = py::none())
+           py::arg("allocator") = py::none(), py::arg("connections") = 0U,
+           py::arg("request_size") = 0ULL)
       .def("add", &PyLoader::add, py::arg("path"))
       .def("load", &PyLoader::load, py::arg("progress") = py::none())
       .def("plan", &PyLoader::plan)
@@ -561,6 +564,7 @@ PYBIND11_MODULE(_warpload, m) {
           d["baseline"] = info.baseline;
           d["benchmarked"] = info.benchmarked;
           d["tuned"] = info.tuned;
+          d["reads_urls"] = info.reads_urls;
           out.append(std::move(d));
         }
         return out;

@@ -8,10 +8,14 @@
 
 namespace warpload::python {
 
-// 0 / "" = the backend's default, as in StorageOptions.
+// 0 / "" = the backend's default, as in StorageOptions. `connections` and `request_size` are the
+// "http" backend's (URLs).
 inline StorageOptions storage_options(bool direct, unsigned threads, std::uint64_t block_size,
-                                      unsigned queue_depth, const std::string& mount_point) {
+                                      unsigned queue_depth, const std::string& mount_point,
+                                      unsigned connections, std::uint64_t request_size) {
   StorageOptions s;
+  s.http.connections = connections;
+  s.http.request_size = request_size;
   s.direct = direct;
   s.threads = threads;
   s.block_size = block_size;

@@ -49,7 +49,8 @@ def make_loader(paths: Sequence[PathLike], device: str, kind: str,
         block_size=int(o["block_size"]), queue_depth=int(o["queue_depth"]),
         config=os.fspath(o["config"]) if o["config"] else "", use_config=bool(o["use_config"]),
         device=device, staging_bytes=int(o["staging_bytes"]),
-        mount_point=o["mount_point"] or "", allocator=allocator)
+        mount_point=o["mount_point"] or "", allocator=allocator,
+        connections=int(o["connections"]), request_size=int(o["request_size"]))
     for path in paths:
         try:
             loader.add(os.fspath(path))

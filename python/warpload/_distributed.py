@@ -154,7 +154,8 @@ def make_loader(paths: Sequence[Any], pg: Any, options: Dict[str, Any],
         threads=int(o["threads"]), block_size=int(o["block_size"]),
         queue_depth=int(o["queue_depth"]),
         config=os.fspath(o["config"]) if o["config"] else "", use_config=bool(o["use_config"]),
-        mount_point=o["mount_point"] or "", shared_storage=shared_storage)
+        mount_point=o["mount_point"] or "", shared_storage=shared_storage,
+        connections=int(o["connections"]), request_size=int(o["request_size"]))
     try:
         for path in paths:
             loader.add(os.fspath(path))

@@ -17,6 +17,8 @@ _OPTION_DEFAULTS: Dict[str, Any] = {
     "use_config": True,     # False: ignore every settings file
     "staging_bytes": 0,     # pinned staging for CUDA loads (0: 256 MiB)
     "mount_point": None,    # 3FS mount point (None: found per file)
+    "connections": 0,       # URLs: ranged GETs in flight (0: the config's, else 16)
+    "request_size": 0,      # URLs: bytes per ranged GET (0: the config's, else 8 MiB)
 }
 
 

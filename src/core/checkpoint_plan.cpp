@@ -4,6 +4,7 @@
 
 #include "common/printable.hpp"
 #include "core/file_set.hpp"
+#include "storage/object_store.hpp"
 #include "warpload/error.hpp"
 #include "warpload/plan.hpp"
 
@@ -34,14 +35,15 @@ void CheckpointPlan::add(const std::filesystem::path& path) {
   std::vector<PlannedFile> added;
   added.reserve(resolved.files.size());
   for (const auto& file : resolved.files) {
+    const bool url = detail::is_object_url(file.string());
     for (const auto& existing : s.files) {
       std::error_code ec;
-      if (std::filesystem::equivalent(existing.path, file, ec)) {
+      if (url ? existing.path == file : std::filesystem::equivalent(existing.path, file, ec)) {
         throw InvalidFileError(FormatRule::kDuplicateTensor,
                                file.string() + ": file is already part of this load");
       }
     }
-    added.push_back(PlannedFile{file, read_header(file)});
+    added.push_back(PlannedFile{file, url ? detail::read_url_header(file) : read_header(file)});
   }
   std::vector<const Header*> headers;
   headers.reserve(added.size());

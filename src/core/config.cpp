@@ -281,6 +281,12 @@ TunedSettings read_config(const fs::path& path) {
               "usrbio.target must be \"auto\", \"iov\" or \"staging\" (got \"" + *target + "\")");
     }
   }
+  if (auto h = c.object("http")) {
+    HttpOptions& o = s.storage.http;
+    o.connections = static_cast<unsigned>(h->count("connections", kMaxUnsigned).value_or(0));
+    o.request_size =
+        h->count("request_size", std::numeric_limits<std::uint64_t>::max()).value_or(0);
+  }
   if (auto t = c.object("tuned_on")) {
     TunedOn on;
     on.paths = t->strings("paths").value_or(std::vector<std::string>{});
@@ -324,6 +330,13 @@ std::string config_to_json(const TunedSettings& s) {
   w.number(u.iov_block_size);
   w.key("target");
   w.string(std::string(usrbio_target_name(u.target)));
+  w.close('}');
+  w.key("http");
+  w.open('{');
+  w.key("connections");
+  w.number(static_cast<std::uint64_t>(s.storage.http.connections));
+  w.key("request_size");
+  w.number(s.storage.http.request_size);
   w.close('}');
   if (s.tuned_on) {
     w.key("tuned_on");
@@ -401,6 +414,13 @@ ResolvedSettings apply_config(std::string_view backend, const StorageOptions& ex
   r.backend = std::string(backend.empty() ? default_backend_name() : backend);
   r.storage = explicit_options;
   if (config == nullptr) return r;
+  // The http settings are for URLs whatever backend the config names for local files.
+  if (r.storage.http.connections == 0) {
+    r.storage.http.connections = config->storage.http.connections;
+  }
+  if (r.storage.http.request_size == 0) {
+    r.storage.http.request_size = config->storage.http.request_size;
+  }
   const std::string config_backend =
       config->backend.empty() ? std::string(default_backend_name()) : config->backend;
   if (!backend.empty() && backend != config_backend) return r;  // config is for another backend

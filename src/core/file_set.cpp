@@ -9,6 +9,7 @@
 #include <set>
 #include <system_error>
 
+#include "storage/object_store.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload::detail {
@@ -31,17 +32,10 @@ bool is_safe_relative(const fs::path& p) {
   return std::none_of(p.begin(), p.end(), [](const fs::path& part) { return part == ".."; });
 }
 
-CheckpointFiles read_index(const fs::path& index) {
+// The files and weight map of the index at `index` whose text is `json`. Local files named
+// must exist; objects named by a URL index are checked when their headers are read.
+CheckpointFiles parse_index(const fs::path& index, const simdjson::padded_string& json) {
   std::error_code ec;
-  const auto size = fs::file_size(index, ec);
-  if (ec) throw NotFoundError(index.string() + ": " + ec.message());
-  if (size > kMaxIndexBytes) bad_index(index, "index file is larger than 256 MiB");
-
-  simdjson::padded_string json;
-  if (auto error = simdjson::padded_string::load(index.string()).get(json)) {
-    throw IoError(index.string() + ": cannot read index: " + simdjson::error_message(error), 0, 0);
-  }
-
   CheckpointFiles out;
   out.index = index;
   const fs::path dir = index.parent_path();
@@ -84,10 +78,61 @@ CheckpointFiles read_index(const fs::path& index) {
   if (seen_files.empty()) bad_index(index, "weight_map names no files");
   out.files.assign(seen_files.begin(), seen_files.end());
   for (const auto& file : out.files) {
-    if (!fs::exists(file, ec)) {
+    if (!is_object_url(file.string()) && !fs::exists(file, ec)) {
       throw NotFoundError(index.string() + ": names '" + file.string() + "', which does not exist");
     }
   }
+  return out;
+}
+
+CheckpointFiles read_index(const fs::path& index) {
+  std::error_code ec;
+  const auto size = fs::file_size(index, ec);
+  if (ec) throw NotFoundError(index.string() + ": " + ec.message());
+  if (size > kMaxIndexBytes) bad_index(index, "index file is larger than 256 MiB");
+
+  simdjson::padded_string json;
+  if (auto error = simdjson::padded_string::load(index.string()).get(json)) {
+    throw IoError(index.string() + ": cannot read index: " + simdjson::error_message(error), 0, 0);
+  }
+  return parse_index(index, json);
+}
+
+bool ends_with(std::string_view text, std::string_view tail) {
+  return text.size() >= tail.size() && text.substr(text.size() - tail.size()) == tail;
+}
+
+// A URL: a .safetensors object, an index .json, or (s3://) a prefix holding either.
+CheckpointFiles resolve_url(const fs::path& url) {
+  const std::string text = url.string();
+  if (ends_with(text, ".json")) {
+    const std::string body = fetch_object_text(url, kMaxIndexBytes);
+    return parse_index(url, simdjson::padded_string(body));
+  }
+  if (ends_with(text, ".safetensors")) {
+    CheckpointFiles out;
+    out.files.push_back(url);
+    return out;
+  }
+  const std::vector<fs::path> listed = list_object_urls(url);
+  const std::string directory = ends_with(text, "/") ? text : text + "/";
+  CheckpointFiles out;
+  for (const fs::path& object : listed) {
+    const std::string name = object.string();
+    // Like a local directory: its own objects, not those of "subdirectories".
+    if (!name.starts_with(directory) || name.find('/', directory.size()) != std::string::npos) {
+      continue;
+    }
+    if (ends_with(name, std::string("/") + kIndexName)) {
+      const std::string body = fetch_object_text(object, kMaxIndexBytes);
+      return parse_index(object, simdjson::padded_string(body));
+    }
+    if (ends_with(name, ".safetensors")) out.files.push_back(object);
+  }
+  if (out.files.empty()) {
+    throw NotFoundError(text + ": no .safetensors objects under this prefix");
+  }
+  std::sort(out.files.begin(), out.files.end());
   return out;
 }
 
@@ -166,6 +211,7 @@ fs::path hf_snapshot_dir(const std::string& model_id) {
 }
 
 CheckpointFiles resolve_checkpoint(const fs::path& path) {
+  if (is_object_url(path.string())) return resolve_url(path);
   std::error_code ec;
   const auto status = fs::status(path, ec);
   if (ec || !fs::exists(status)) {

@@ -22,6 +22,10 @@ struct CheckpointFiles {
 // else every *.safetensors in it sorted by name. A *.json file → parsed as an HF index.
 // A path that does not exist but reads as a Hugging Face model id, `org/name[@revision]`
 // → that model's snapshot in the local hub cache (hf_snapshot_dir), resolved as a directory.
+// A URL (s3://, http://, https://; storage/object_store.hpp): a *.safetensors object → itself;
+// a *.json object → parsed as an HF index, its files resolved relative to it; an s3:// prefix
+// → listed (ListObjectsV2): its model.safetensors.index.json if present, else its
+// *.safetensors objects sorted by key ("subdirectories" are not entered).
 // Throws NotFoundError (missing path, directory without shards, id not in the cache) or
 // InvalidFileError(kInvalidIndex) naming the index and what is wrong with it.
 [[nodiscard]] CheckpointFiles resolve_checkpoint(const std::filesystem::path& path);

@@ -12,6 +12,7 @@
 #include "core/staging_pool.hpp"
 #include "device/cuda_shim.hpp"
 #include "storage/device_storage.hpp"
+#include "storage/object_store.hpp"
 #include "warpload/config.hpp"
 #include "warpload/error.hpp"
 
@@ -58,11 +59,16 @@ std::shared_ptr<Storage> ReadExecutor::choose_storage(std::span<const PlannedFil
   base_stats_.storage = resolved.settings.storage;
   // A missing driver or device is the load's error whatever the backend.
   if (device_.is_cuda()) check_cuda_device(device_.index);
+  // URLs: the settings file's backend is for local files, so only an explicit one is kept.
+  std::string backend = resolved.settings.backend;
+  if (options_.backend.empty() && !files.empty() && is_object_url(files.front().path.string())) {
+    backend = std::string(default_backend_name());
+  }
+  backend = backend_for_files(backend, files);
   try {
-    if (!device_.is_cuda())
-      return make_storage(resolved.settings.backend, resolved.settings.storage);
+    if (!device_.is_cuda()) return make_storage(backend, resolved.settings.storage);
     DeviceStorage chosen =
-        choose_device_storage(resolved.settings.backend, resolved.settings.storage, device_, files);
+        choose_device_storage(backend, resolved.settings.storage, device_, files);
     // GDS opened (and registered) every file while being chosen.
     for (std::size_t i = 0; i < chosen.files.size(); ++i) open_[i] = std::move(chosen.files[i]);
     base_stats_.gds_fallback = std::move(chosen.gds_fallback);

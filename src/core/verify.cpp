@@ -13,13 +13,16 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/printable.hpp"
 #include "common/unique_fd.hpp"
 #include "device/cuda_shim.hpp"
+#include "storage/object_client.hpp"
 #include "warpload/error.hpp"
 
 namespace warpload::detail {
@@ -59,18 +62,9 @@ void read_range(int fd, std::byte* dest, std::size_t size, std::uint64_t offset,
   }
 }
 
-}  // namespace
-
-void verify_loaded_file(const std::filesystem::path& path, const Header& header, int device_index,
-                        const LoadedTensorBytes& loaded) {
-  verify_loaded_tensors(path, header, 0, header.tensors.size(), device_index, loaded);
-}
-
-void verify_loaded_tensors(const std::filesystem::path& path, const Header& header,
-                           std::size_t first, std::size_t last, int device_index,
-                           const LoadedTensorBytes& loaded) {
-  const std::string file = path.string();
-  const UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+// A fresh descriptor (not the one the load read through), its size checked; the caller owns it.
+int open_for_verify(const std::string& file, const Header& header) {
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     const int error_number = errno;
     if (error_number == ENOENT) throw NotFoundError(file + ": verify: no such file");
@@ -87,9 +81,41 @@ void verify_loaded_tensors(const std::filesystem::path& path, const Header& head
                       " bytes)",
                   0, 0);
   }
+  return fd.release();
+}
 
+}  // namespace
+
+void verify_loaded_file(const std::filesystem::path& path, const Header& header, int device_index,
+                        const LoadedTensorBytes& loaded) {
+  verify_loaded_tensors(path, header, 0, header.tensors.size(), device_index, loaded);
+}
+
+void verify_loaded_tensors(const std::filesystem::path& path, const Header& header,
+                           std::size_t first, std::size_t last, int device_index,
+                           const LoadedTensorBytes& loaded) {
   last = std::min(last, header.tensors.size());
   if (first >= last) return;
+  const std::string file = path.string();
+  // Fills [dest, dest + size) with file bytes from `offset`: fresh ranged GETs of the version
+  // the load read (its pinned ETag) for a URL, pread()s on a fresh descriptor for a file.
+  std::function<void(std::byte*, std::size_t, std::uint64_t)> read;
+  ObjectUrl url;
+  PinnedObject version;
+  std::optional<UniqueFd> fd;
+  if (is_object_url(file)) {
+    url = parse_object_url(file);
+    static_cast<void>(pinned_object_version(file, &version));
+    read = [&](std::byte* dest, std::size_t size, std::uint64_t offset) {
+      const ObjectRange range{&url, version.etag, offset, size, dest};
+      fetch_ranges({&range, 1}, resolve_http_settings({}), nullptr);
+    };
+  } else {
+    fd.emplace(open_for_verify(file, header));
+    read = [&](std::byte* dest, std::size_t size, std::uint64_t offset) {
+      read_range(fd->get(), dest, size, offset, file);
+    };
+  }
   // Tensors tile the data section, so [first, last) is one byte range of it.
   const std::uint64_t range_begin = header.tensors[first].begin;
   const std::uint64_t range_end = header.tensors[last - 1].end;
@@ -102,7 +128,7 @@ void verify_loaded_tensors(const std::filesystem::path& path, const Header& head
   for (std::uint64_t at = range_begin; at < range_end; at += chunk) {
     const std::size_t size =
         static_cast<std::size_t>(std::min<std::uint64_t>(chunk, range_end - at));
-    read_range(fd.get(), from_file.data(), size, header.data_offset() + at, file);
+    read(from_file.data(), size, header.data_offset() + at);
     // Compare each tensor's part of [at, at + size).
     for (; tensor != tensors_end && tensor->begin < at + size; ++tensor) {
       const std::uint64_t begin = std::max(tensor->begin, at);

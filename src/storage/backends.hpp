@@ -107,6 +107,8 @@ void run_uring_reads(ReadTracker& tracker, std::span<const ReadRequest> requests
 [[nodiscard]] std::unique_ptr<Storage> make_uring_storage(const StorageOptions& options);
 [[nodiscard]] std::unique_ptr<Storage> make_mmap_storage(const StorageOptions& options);
 [[nodiscard]] std::unique_ptr<Storage> make_auto_storage(const StorageOptions& options);
+// "http": objects by URL through libcurl (storage/object_client.hpp).
+[[nodiscard]] std::unique_ptr<Storage> make_http_storage(const StorageOptions& options);
 // "3fs": needs the USRBIO client library (storage/hf3fs_shim.hpp); throws what hf3fs_api() throws.
 [[nodiscard]] std::unique_ptr<Storage> make_usrbio_storage(const StorageOptions& options);
 // "gds": needs options.cuda_device >= 0 and cuFile (device/cufile_shim.hpp); throws

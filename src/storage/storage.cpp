@@ -223,6 +223,15 @@ const std::vector<BackendEntry>& backend_table() {
         .uses_block_size = true},
        &cufile_unavailable,
        &make_gds},
+      {{.name = "http",
+        .summary = "object storage by URL (s3://, http://, https://): libcurl, many ranged GETs "
+                   "in flight straight into the destination",
+        .host_destinations = true,
+        .uses_threads = true,
+        .uses_http = true,
+        .reads_urls = true},
+       &always_available,
+       &detail::make_http_storage},
   };
   return table;
 }
@@ -282,7 +291,8 @@ std::unique_ptr<Storage> make_storage(std::string_view name, const StorageOption
 std::vector<std::string> available_storage_names() {
   std::vector<std::string> names;
   for (const BackendEntry& entry : backend_table()) {
-    if (entry.info.host_destinations && entry.unavailable(StorageOptions{}).empty()) {
+    if (entry.info.host_destinations && !entry.info.reads_urls &&
+        entry.unavailable(StorageOptions{}).empty()) {
       names.push_back(entry.info.name);
     }
   }

@@ -26,6 +26,7 @@
 #include "warpload/device.hpp"
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
+#include "warpload/object_storage.hpp"
 
 namespace warpload::cli {
 namespace {
@@ -164,10 +165,15 @@ BenchResult run_measurements(const BenchOptions& options) {
   for (const std::string& name : options.backends) {
     static_cast<void>(check_backend_name(name, "--backends", device.is_cuda()));
   }
+  // URLs: the backends that read them, measured from the server only (no page cache to drop,
+  // no local limits; the object store's own ceiling: benchmarks/object_store_bench.py).
+  const bool urls = std::any_of(options.paths.begin(), options.paths.end(),
+                                [](const fs::path& p) { return is_object_url(p.string()); });
   // Every benchmarked backend this load can name here, in the registry's order.
   std::vector<std::string> selected;
   for (const BackendInfo& info : storage_backends()) {
-    if (!info.benchmarked || !usable_here(info, device.is_cuda())) continue;
+    if (urls != info.reads_urls || !usable_here(info, device.is_cuda())) continue;
+    if (!urls && !info.benchmarked) continue;
     if (options.backends.empty() || std::find(options.backends.begin(), options.backends.end(),
                                               info.name) != options.backends.end()) {
       selected.push_back(info.name);
@@ -202,6 +208,20 @@ BenchResult run_measurements(const BenchOptions& options) {
     // Measured first, in this run: the ceiling of every row, whatever the storage does.
     result.h2d_limit = measure_pinned_copy_gbps(device, kH2dBytes, kH2dRuns);
     report(fmt::format("H2D limit    {} ({})", gbps_text(result.h2d_limit), result.device));
+  }
+
+  if (urls) {
+    result.notes.emplace_back(
+        "URLs: each row loads from the server, best of the runs; no cold phase or local limits "
+        "(benchmarks/object_store_bench.py measures a plain parallel download for a ceiling)");
+    report(result.notes.back());
+    for (BenchRow& row : result.rows) {
+      measure_row(
+          row, row.warm, options.paths, result.device, options.runs, [] { return true; },
+          result.notes);
+      report(fmt::format("from server {:<10} {}", row.label(), gbps_text(row.warm.gbps)));
+    }
+    return result;
   }
 
   // ---- cold ----

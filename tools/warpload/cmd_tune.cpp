@@ -6,6 +6,11 @@
 // measured twice more and ranked by their median, to damp noise. Every run is cold when the page
 // cache can be dropped (as bench does), warm otherwise. The best settings are written to the config
 // file that `load` and the library read.
+//
+// URLs (docs/object-storage.md): the candidates are the backends that read URLs, measured from
+// the server (no page cache to drop), and the sweep is their `http` settings (connections,
+// request size); only the config's "http" section is replaced, its settings for local files
+// are kept.
 
 #include <fmt/core.h>
 
@@ -28,6 +33,7 @@
 #include "warpload/device.hpp"
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
+#include "warpload/object_storage.hpp"
 
 namespace warpload::cli {
 namespace {
@@ -81,6 +87,8 @@ std::string label(const Candidate& c) {
   if (u.io_depth != 0) out += fmt::format(" io_depth={}", u.io_depth);
   if (u.staging_bytes != 0) out += " staging=" + size_text(u.staging_bytes);
   if (u.iov_block_size != 0) out += " iov_block=" + size_text(u.iov_block_size);
+  if (s.http.connections != 0) out += fmt::format(" connections={}", s.http.connections);
+  if (s.http.request_size != 0) out += " request=" + size_text(s.http.request_size);
   if (u.target != UsrbioTarget::kAuto)
     out += fmt::format(" target={}", usrbio_target_name(u.target));
   return out;
@@ -112,6 +120,19 @@ std::vector<Parameter> parameters_for(const std::string& backend, bool quick) {
   const BackendInfo* info = find_backend(backend);
   if (info == nullptr) return {};
   std::vector<Parameter> sweep;
+  if (info->uses_http) {
+    // Not threads: that setting is shared with the local backends the config may name.
+    sweep.push_back(Parameter{
+        "connections",
+        fixed(quick ? std::vector<std::int64_t>{8, 16} : std::vector<std::int64_t>{4, 8, 16, 32}),
+        [](StorageOptions& s, std::int64_t v) { s.http.connections = static_cast<unsigned>(v); }});
+    sweep.push_back(Parameter{
+        "request size",
+        fixed(quick ? std::vector<std::int64_t>{8 * kMiB, 16 * kMiB}
+                    : std::vector<std::int64_t>{4 * kMiB, 8 * kMiB, 16 * kMiB, 32 * kMiB}),
+        [u](StorageOptions& s, std::int64_t v) { s.http.request_size = u(v); }});
+    return sweep;
+  }
   if (!info->uses_usrbio) {
     if (info->uses_block_size) sweep.push_back(block);
     if (info->uses_threads) sweep.push_back(threads);
@@ -174,8 +195,12 @@ struct Result {
 
 class Tuner {
  public:
-  Tuner(const TuneOptions& options, std::vector<fs::path> files)
-      : options_(options), files_(std::move(files)) {
+  Tuner(const TuneOptions& options, std::vector<fs::path> files, bool urls)
+      : options_(options), files_(std::move(files)), urls_(urls) {
+    if (urls_) {
+      note("URLs: every candidate is measured from the server (no page cache to drop)");
+      return;
+    }
     // Dropping first also writes back the pages of a checkpoint generated moments ago.
     drop_ = drop_page_cache(files_);
     cold_ = drop_ != CacheDrop::kFailed;
@@ -280,7 +305,7 @@ class Tuner {
   }
 
   void prepare_cache(bool direct) {
-    if (direct) return;  // O_DIRECT bypasses the page cache either way
+    if (direct || urls_) return;  // O_DIRECT bypasses the page cache either way
     if (cold_) {
       if (drop_page_cache(files_) == CacheDrop::kFailed) {
         throw IoError("the page cache could not be dropped between runs", 0, 0);
@@ -292,6 +317,7 @@ class Tuner {
 
   const TuneOptions& options_;
   std::vector<fs::path> files_;
+  bool urls_ = false;
   CacheDrop drop_ = CacheDrop::kFailed;
   bool cold_ = false;
   std::uint64_t bytes_ = 0;
@@ -323,11 +349,19 @@ void run_tune(const TuneOptions& options) {
     coarse.push_back({info.name, {}});
     if (info.takes_direct) coarse.push_back(direct_candidate(info.name));
   };
+  const bool urls = std::any_of(options.paths.begin(), options.paths.end(),
+                                [](const fs::path& p) { return is_object_url(p.string()); });
   if (!options.backend.empty()) {
-    add_coarse(check_backend_name(options.backend, "--backend", false));
+    const BackendInfo& info = check_backend_name(options.backend, "--backend", false);
+    if (info.reads_urls != urls) {
+      throw UsageError(fmt::format("--backend: '{}' reads {}", info.name,
+                                   info.reads_urls ? "URLs only" : "local files only"));
+    }
+    add_coarse(info);
   } else {
     for (const BackendInfo& info : storage_backends()) {
-      if (info.tuned && usable_here(info, false)) add_coarse(info);
+      if (!usable_here(info, false) || info.reads_urls != urls) continue;
+      if (info.tuned || urls) add_coarse(info);
     }
   }
   // Fail on a bad destination before spending minutes measuring.
@@ -349,7 +383,7 @@ void run_tune(const TuneOptions& options) {
              files.size() == 1 ? "" : "s", format_bytes(file_bytes), options.runs,
              options.runs == 1 ? "" : "s");
 
-  Tuner tuner(options, files);
+  Tuner tuner(options, files, urls);
   std::optional<Candidate> best;
   double best_gbps = 0;
   const auto consider = [&](const Candidate& c) {
@@ -398,16 +432,24 @@ void run_tune(const TuneOptions& options) {
   TunedSettings settings;
   settings.backend = winner.candidate.backend;
   settings.storage = winner.candidate.storage;
+  if (urls) {
+    // Only the "http" section: the settings for local files (and what they were measured on)
+    // stay as the file has them.
+    std::error_code ec;
+    settings = fs::exists(config_path, ec) ? read_config(config_path) : TunedSettings{};
+    settings.storage.http = winner.candidate.storage.http;
+  }
   TunedOn on;
   for (const fs::path& p : options.paths) {
     std::error_code ec;
-    const fs::path absolute = fs::absolute(p, ec);
-    on.paths.push_back(ec ? p.string() : absolute.lexically_normal().string());
+    const fs::path absolute = is_object_url(p.string()) ? p : fs::absolute(p, ec);
+    on.paths.push_back(ec || is_object_url(p.string()) ? p.string()
+                                                       : absolute.lexically_normal().string());
   }
   on.bytes = tuner.bytes();
   on.gbps = winner.gbps();
   on.date = utc_now();
-  settings.tuned_on = std::move(on);
+  if (!urls || !settings.tuned_on) settings.tuned_on = std::move(on);
   write_config(config_path, settings);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -427,9 +469,11 @@ void run_tune(const TuneOptions& options) {
   out += '\n';
   out += fmt::format(
       "measured {}; best of {} load{} per run{}; {} candidates in {}\n",
-      tuner.cold() ? fmt::format("cold (page cache dropped with {} before each buffered run)",
-                                 cache_drop_name(tuner.cache_drop()))
-                   : std::string("warm for buffered candidates (page cache could not be dropped)"),
+      urls ? std::string("from the server")
+      : tuner.cold()
+          ? fmt::format("cold (page cache dropped with {} before each buffered run)",
+                        cache_drop_name(tuner.cache_drop()))
+          : std::string("warm for buffered candidates (page cache could not be dropped)"),
       options.runs, options.runs == 1 ? "" : "s",
       options.quick || ranked.size() <= 1
           ? ""

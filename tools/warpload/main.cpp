@@ -99,8 +99,10 @@ extern "C" void on_interrupt(int /*signal*/) {
 void add_paths(CLI::App* command, std::vector<std::string>& paths) {
   command
       ->add_option("PATH", paths,
-                   "safetensors file, directory of shards, model.safetensors.index.json, or a "
-                   "Hugging Face model id org/name[@revision] in the local hub cache")
+                   "safetensors file, directory of shards, model.safetensors.index.json, a "
+                   "Hugging Face model id org/name[@revision] in the local hub cache, or a URL: "
+                   "s3://bucket/key (a file, an index.json or a prefix), http(s)://... "
+                   "(docs/object-storage.md)")
       ->required();
 }
 

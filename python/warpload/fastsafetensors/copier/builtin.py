@@ -25,7 +25,8 @@ from ..st_types import to_device
 from .registry import register_copier_constructor
 
 WARPLOAD_OPTIONS = ("backend", "threads", "block_size", "queue_depth", "direct", "config",
-                    "use_config", "staging_bytes", "mount_point")
+                    "use_config", "staging_bytes", "mount_point", "connections",
+                    "request_size")
 # fastsafetensors options with no warpload counterpart: accepted silently.
 IGNORED_OPTIONS = ("max_pinned_memory_in_kb", "use_shm", "cache", "auto_mem_delete", "framework",
                    "set_numa", "disable_cache", "debug_log", "max_copy_block_size",
