@@ -428,15 +428,20 @@ class IovRingProcess : public IovRing {
  protected:
   // Runs `warpload load` on the mount into cuda:0 and returns its exit status; `during` runs
   // while it loads (with its pid).
+  // (`command`: another command line for the CLI.)
   int run_load(const std::vector<std::string>& extra_env,
-               const std::function<void(pid_t)>& during = nullptr) {
+               const std::function<void(pid_t)>& during = nullptr,
+               std::vector<std::string> command = {}) {
     std::vector<std::string> env{"WARPLOAD_CUDA_LIB=" WARPLOAD_FAKE_CUDA,
                                  "WARPLOAD_HF3FS_LIB=" WARPLOAD_USRBIO_EMULATOR,
                                  "FAKE_CUDA_EXIT_REPORT=" + (scratch_ / "report").string()};
     env.insert(env.end(), extra_env.begin(), extra_env.end());
-    const Child child = spawn_cli({"load", mount_.path().string(), "--backend", "3fs", "--device",
-                                   "cuda:0", "--staging", std::to_string(8 * kSlotBytes)},
-                                  env, scratch_ / "stderr");
+    if (command.empty()) {
+      command = {
+          "load",      mount_.path().string(),        "--backend", "3fs", "--device", "cuda:0",
+          "--staging", std::to_string(8 * kSlotBytes)};
+    }
+    const Child child = spawn_cli(command, env, scratch_ / "stderr");
     if (child.pid < 0) return -1;
     if (during) during(child.pid);
     return wait_status(child.pid);
@@ -468,23 +473,33 @@ TEST_F(IovRingProcess, ErrorExitReleasesThePool) {
 }
 
 TEST_F(IovRingProcess, CtrlCReleasesThePool) {
-  std::set<fs::path> segments;
-  // One I/O of the second file stalls for 2 s: Ctrl-C arrives while the ring's iovs exist.
-  const int status =
-      run_load({"WARPLOAD_EMU_DELAY_OFFSET=600000", "WARPLOAD_EMU_DELAY_MS=2000",
-                "WARPLOAD_EMU_FAIL_PATH_SUFFIX=model-00002-of-00002.safetensors"},
-               [&](pid_t pid) {
-                 const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-                 while (segments.empty() && std::chrono::steady_clock::now() < give_up) {
-                   std::this_thread::sleep_for(std::chrono::milliseconds(5));
-                   segments = iov_segments(mount_.path());
-                 }
-                 kill(pid, SIGINT);
-               });
-  EXPECT_FALSE(segments.empty()) << "the load never made its iovs";
-  EXPECT_EQ(status, 130) << slurp(scratch_ / "stderr");
-  EXPECT_NE(slurp(scratch_ / "stderr").find("interrupted"), std::string::npos);
-  expect_clean_exit(segments);
+  // `load`, then `bench` (its load loop honours Ctrl-C the same way).
+  for (const bool bench : {false, true}) {
+    SCOPED_TRACE(bench ? "bench" : "load");
+    std::set<fs::path> segments;
+    std::vector<std::string> command;
+    if (bench) {
+      command = {
+          "bench", mount_.path().string(), "--device", "cuda:0", "--backends", "3fs", "--runs",
+          "1"};
+    }
+    // One I/O of the second file stalls for 2 s: Ctrl-C arrives while the ring's iovs exist.
+    const auto interrupt = [&](pid_t pid) {
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (segments.empty() && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        segments = iov_segments(mount_.path());
+      }
+      kill(pid, SIGINT);
+    };
+    const int status = run_load({"WARPLOAD_EMU_DELAY_OFFSET=600000", "WARPLOAD_EMU_DELAY_MS=2000",
+                                 "WARPLOAD_EMU_FAIL_PATH_SUFFIX=model-00002-of-00002.safetensors"},
+                                interrupt, command);
+    EXPECT_FALSE(segments.empty()) << "the load never made its iovs";
+    EXPECT_EQ(status, 130) << slurp(scratch_ / "stderr");
+    EXPECT_NE(slurp(scratch_ / "stderr").find("interrupted"), std::string::npos);
+    expect_clean_exit(segments);
+  }
 }
 
 // Host memory of a 3fs device load is the ring, which is the pool: a 64 MiB checkpoint through

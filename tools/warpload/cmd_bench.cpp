@@ -98,6 +98,7 @@ LoadStats load_once(const BenchRow& row, const std::vector<fs::path>& paths,
   options.device = device;
   options.storage.direct = row.direct;
   options.use_config = false;  // bench measures the built-in defaults, never a tuned config
+  options.cancel = interrupt_flag();
   Loader loader(std::move(options));
   loader.add(paths);
   LoadStats stats = loader.load();

@@ -17,6 +17,7 @@ void run_hash(const HashOptions& options) {
   load_options.backend = options.backend;
   // The digests must be of the file's bytes: read them twice, by two different paths.
   load_options.verify = true;
+  load_options.cancel = interrupt_flag();
   Loader loader(std::move(load_options));
   loader.add(options.paths);
   (void)loader.load();

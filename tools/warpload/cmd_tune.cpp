@@ -236,6 +236,8 @@ class Tuner {
   void warm_up(const Candidate& c) {
     try {
       (void)measure_runs(c, 1);
+    } catch (const CancelledError&) {
+      throw;  // Ctrl-C
     } catch (const Error&) {
     }
   }
@@ -275,6 +277,7 @@ class Tuner {
         lo.storage = c.storage;
         lo.use_config = false;  // measure exactly these settings
         lo.device = options_.device;
+        lo.cancel = interrupt_flag();
         Loader loader(std::move(lo));
         loader.add(options_.paths);
         const LoadStats stats = loader.load();
@@ -287,6 +290,8 @@ class Tuner {
         }
         if (!best || stats.gbps() > *best) best = stats.gbps();
       }
+    } catch (const CancelledError&) {
+      throw;  // Ctrl-C: no candidate is skipped for it
     } catch (const UnsupportedError& e) {
       note(fmt::format("{}: {}", label(c), e.what()));
       return std::nullopt;
