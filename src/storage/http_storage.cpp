@@ -18,10 +18,10 @@ namespace {
 
 class ObjectFile final : public StorageFile {
  public:
-  ObjectFile(ObjectUrl url, PinnedObject version, HttpSettings settings)
+  ObjectFile(ObjectUrl url, const PinnedObject& version, const HttpSettings& settings)
       : StorageFile(url.text, -1, version.size, 1),
         url_(std::move(url)),
-        etag_(std::move(version.etag)),
+        etag_(version.etag),
         settings_(settings) {}
 
   [[nodiscard]] const ObjectUrl& url() const noexcept { return url_; }
