@@ -5,8 +5,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <simdjson.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -27,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "support/cli_process.hpp"
 #include "support/reference_reader.hpp"
 #include "support/sanitizers.hpp"
 #include "support/temp_dir.hpp"
@@ -34,63 +33,19 @@
 #include "warpload/error.hpp"
 #include "warpload/storage.hpp"
 
-extern char** environ;
-
 namespace warpload {
 namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
 
-struct CliResult {
-  int status = -1;  // exit status, or 128 + signal number
-  std::string out;
-  std::string err;
-};
-
-std::string read_whole_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
+using testing::CliResult;
+using testing::read_whole_file;
 
 // Runs the CLI with `args`; stdout and stderr go to files so that neither can block it.
 CliResult run_cli(const std::vector<std::string>& args) {
-  const TempDir io;
-  const fs::path out_path = io / "stdout";
-  const fs::path err_path = io / "stderr";
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<std::string> storage = {WARPLOAD_CLI_PATH};
-  storage.insert(storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  argv.reserve(storage.size() + 1);
-  for (std::string& arg : storage) {
-    argv.push_back(arg.data());
-  }
-  argv.push_back(nullptr);
-
-  CliResult result;
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, WARPLOAD_CLI_PATH, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    ADD_FAILURE() << "posix_spawn " << WARPLOAD_CLI_PATH << " failed: " << rc;
-    return result;
-  }
-  int wstatus = 0;
-  while (waitpid(pid, &wstatus, 0) < 0) {
-  }
-  result.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-  result.out = read_whole_file(out_path);
-  result.err = read_whole_file(err_path);
+  CliResult result = testing::run_process(WARPLOAD_CLI_PATH, args);
+  if (result.status == -1) ADD_FAILURE() << "cannot run " << WARPLOAD_CLI_PATH;
   return result;
 }
 

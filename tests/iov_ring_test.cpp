@@ -29,14 +29,13 @@
 #include "device/cuda_shim.hpp"
 #include "fake_cuda/fake_cuda_api.h"
 #include "storage/hf3fs_shim.hpp"
+#include "support/cli_process.hpp"
 #include "support/process_counters.hpp"
 #include "support/random_checkpoint.hpp"
 #include "support/sanitizers.hpp"
 #include "support/temp_dir.hpp"
 #include "support/thread_collective.hpp"
 #include "warpload/warpload.hpp"
-
-extern char** environ;
 
 namespace warpload {
 namespace {
@@ -371,48 +370,16 @@ TEST_F(IovRing, DistributedLoaderWithADeviceCollectiveUsesThePool) {
 
 struct Child {
   pid_t pid = -1;
-  fs::path err;
 };
 
 Child spawn_cli(const std::vector<std::string>& args, const std::vector<std::string>& env,
                 const fs::path& err, const fs::path& out = "/dev/null") {
-  std::vector<std::string> all{WARPLOAD_CLI_PATH};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> environment;
-  for (char** e = environ; *e != nullptr; ++e) environment.emplace_back(*e);
-  environment.insert(environment.end(), env.begin(), env.end());
-  std::vector<char*> envp;
-  for (auto& e : environment) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  Child child{-1, err};
-  const int rc = posix_spawn(&child.pid, argv[0], &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) child.pid = -1;
-  return child;
+  return Child{testing::spawn_process(WARPLOAD_CLI_PATH, args, env, out, err)};
 }
 
-int wait_status(pid_t pid) {
-  int status = 0;
-  if (waitpid(pid, &status, 0) != pid) return -1;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return 128 + WTERMSIG(status);
-}
+int wait_status(pid_t pid) { return testing::wait_exit_status(pid); }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string slurp(const fs::path& p) { return testing::read_whole_file(p); }
 
 // The /dev/shm segments behind the mount's iov links right now.
 std::set<fs::path> iov_segments(const fs::path& mount) {

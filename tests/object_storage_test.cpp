@@ -7,8 +7,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <simdjson.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +24,7 @@
 #include "storage/object_client.hpp"
 #include "storage/object_store.hpp"
 #include "storage/object_url.hpp"
+#include "support/cli_process.hpp"
 #include "support/reference_reader.hpp"
 #include "support/sanitizers.hpp"
 #include "support/temp_dir.hpp"
@@ -35,8 +34,6 @@
 #include "warpload/error.hpp"
 #include "warpload/loader.hpp"
 #include "warpload/storage.hpp"
-
-extern char** environ;
 
 namespace warpload {
 namespace {
@@ -719,44 +716,11 @@ TEST(S3LoadTest, CredentialsFromAProfileFile) {
 // ---- the CLI ----------------------------------------------------------------------------------
 #ifdef WARPLOAD_CLI_PATH  // builds without the CLI (WARPLOAD_BUILD_TOOLS=OFF) skip these
 
-struct CliResult {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
+using testing::CliResult;
 
 CliResult run_cli(const std::vector<std::string>& args) {
-  const TempDir io;
-  const fs::path out_path = io.path() / "stdout";
-  const fs::path err_path = io.path() / "stderr";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<std::string> storage = {WARPLOAD_CLI_PATH};
-  storage.insert(storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& arg : storage) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  CliResult result;
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, WARPLOAD_CLI_PATH, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    ADD_FAILURE() << "posix_spawn failed: " << rc;
-    return result;
-  }
-  int wstatus = 0;
-  while (waitpid(pid, &wstatus, 0) < 0) {
-  }
-  result.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-  std::ifstream out(out_path);
-  std::ifstream err(err_path);
-  result.out.assign(std::istreambuf_iterator<char>(out), {});
-  result.err.assign(std::istreambuf_iterator<char>(err), {});
+  CliResult result = testing::run_process(WARPLOAD_CLI_PATH, args);
+  if (result.status == -1) ADD_FAILURE() << "cannot run " << WARPLOAD_CLI_PATH;
   return result;
 }
 
