@@ -28,6 +28,7 @@
 #include "support/cli_process.hpp"
 #include "support/reference_reader.hpp"
 #include "support/sanitizers.hpp"
+#include "support/scoped_env.hpp"
 #include "support/temp_dir.hpp"
 #include "warpload/config.hpp"
 #include "warpload/error.hpp"
@@ -715,27 +716,7 @@ TEST_F(CliTest, BenchTextShowsTableAndLimits) {
 
 // ---- tune and the config ----
 
-// Sets an environment variable for the scope (children of run_cli inherit it).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    ::setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      ::setenv(name_, old_->c_str(), 1);
-    } else {
-      ::unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
+using testing::ScopedEnv;
 
 // A registered backend that cannot run here is refused with the registry's reason (exit 6,
 // unsupported), not as an unknown name: for 3fs, the client library path tried and the

@@ -27,6 +27,7 @@
 #include "support/cli_process.hpp"
 #include "support/reference_reader.hpp"
 #include "support/sanitizers.hpp"
+#include "support/scoped_env.hpp"
 #include "support/temp_dir.hpp"
 #include "support/thread_collective.hpp"
 #include "warpload/config.hpp"
@@ -43,33 +44,7 @@ using testing::read_reference_header;
 using testing::read_reference_tensor;
 using testing::TempDir;
 
-// Sets an environment variable for one scope, restoring the previous value after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    had_ = std::getenv(name) != nullptr;
-    if (value != nullptr) {
-      ::setenv(name, value, 1);
-    } else {
-      ::unsetenv(name);
-    }
-  }
-  ~ScopedEnv() {
-    if (had_) {
-      ::setenv(name_, old_.c_str(), 1);
-    } else {
-      ::unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::string old_;
-  bool had_ = false;
-};
+using testing::ScopedEnv;
 
 struct Servers {
   std::string skip;  // non-empty: why the servers are not there
