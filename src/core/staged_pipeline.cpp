@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -248,13 +249,20 @@ StagingPlan plan_staging(std::uint64_t budget, std::uint64_t largest_read, std::
 StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_read) {
   StagingPlan plan = plan_staging(budget, largest_read, env_count("WARPLOAD_STAGING_SLOT_BYTES"),
                                   static_cast<std::size_t>(env_count("WARPLOAD_STAGING_READERS")));
-  const char* memory = std::getenv("WARPLOAD_STAGING_MEMORY");
-  if (memory != nullptr && std::strncmp(memory, "mapped", 6) == 0) {
-    plan.map_every = 1;
-    if (memory[6] == ':')
-      plan.map_every = std::max<std::size_t>(std::strtoul(memory + 7, nullptr, 10), 1);
-  }
+  plan.map_every = staging_memory_from_env().map_every;
   return plan;
+}
+
+StagingMemoryChoice staging_memory_from_env() noexcept {
+  const char* value = std::getenv("WARPLOAD_STAGING_MEMORY");
+  const std::string_view memory = value != nullptr ? value : "";
+  StagingMemoryChoice choice;
+  choice.pinned = memory == "pinned";
+  if (memory == "mapped") choice.map_every = 1;
+  if (memory.starts_with("mapped:")) {
+    choice.map_every = std::max<std::size_t>(std::strtoul(value + 7, nullptr, 10), 1);
+  }
+  return choice;
 }
 
 void run_staged_load(Storage& storage, std::span<const StagedFile> files, Device device,

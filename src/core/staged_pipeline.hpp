@@ -82,6 +82,15 @@ struct StagingPlan {
 // each call.
 [[nodiscard]] StagingPlan plan_staging_from_env(std::uint64_t budget, std::uint64_t largest_read);
 
+// $WARPLOAD_STAGING_MEMORY, the one place it is read (at each call): "pinned" (cuMemHostAlloc
+// slots instead of registered huge pages, for backends without memory of their own) or
+// "mapped[:K]" (StagingPlan::map_every = K, 1 without ":K"); anything else is the default.
+struct StagingMemoryChoice {
+  bool pinned = false;
+  std::size_t map_every = 0;
+};
+[[nodiscard]] StagingMemoryChoice staging_memory_from_env() noexcept;
+
 // Runs the pipeline for `files` onto `device` (see the top of this file), its slots taken from
 // `slot_memory` (page-locked host memory for `device`: core/staging_pool.hpp says which; each
 // slot is allocated by the reader of its first piece and dropped when the call returns).

@@ -1,12 +1,13 @@
 #include "core/staging_pool.hpp"
 
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "core/staged_pipeline.hpp"
 
 namespace warpload::detail {
 namespace {
@@ -158,10 +159,7 @@ RingMemory ring_slot_allocator(Device device, const StagingMemory& memory) {
     return {std::make_shared<PooledAllocator>(pools().find_or_make(device, memory)),
             "pool: " + memory.key};
   }
-  const char* choice = std::getenv("WARPLOAD_STAGING_MEMORY");
-  if (choice != nullptr && std::strcmp(choice, "pinned") == 0) {
-    return {make_pinned_allocator(device), "pinned"};
-  }
+  if (staging_memory_from_env().pinned) return {make_pinned_allocator(device), "pinned"};
   // The default (and "mapped[:K]", the pipeline's page-cache experiment, for its other pieces).
   return {make_registered_allocator(device, make_host_allocator()), "registered"};
 }
